@@ -1,0 +1,32 @@
+# Two commands a new user needs (see README):
+#   make demo   set up .venv, fetch sample photos, train SRResNet → SRGAN on 2 local Ray workers
+#   make test   set up .venv and run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# The tested torch pair (a CUDA 13 build; runs on CPU when there is no GPU).
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e '.[dev,demo,export]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m srgan_dist.cli sample-data --out data/sample
+	$(PY) launch.py --config configs/demo.yaml --name demo --resume
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache

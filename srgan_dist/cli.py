@@ -1,0 +1,45 @@
+"""The ``srgan-dist`` console script: one sub-command per user task.
+
+Each module in ``COMMAND_MODULES`` adds its sub-commands with ``register(subparsers)`` and sets
+``func(args) -> exit code``. Command modules import only argparse at module level, so ``--help``
+stays fast; torch, Ray and DALI are imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMAND_MODULES = (
+    "srgan_dist.commands.train",
+    "srgan_dist.commands.cluster",
+    "srgan_dist.commands.data",
+    "srgan_dist.commands.infer",
+    "srgan_dist.commands.tensorboard",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="srgan-dist",
+        description="Train SRGAN on a Ray cluster, then upscale, evaluate and export.",
+    )
+    parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Generator weight files: ``generator_<stage>.safetensors`` plus ``generator_<stage>.json``.
+
+The safetensors file holds the state dict and, in its metadata, the JSON model config; the JSON
+file beside it holds the same config for people and other tools. Loading never unpickles: it
+reads safetensors, or a ``torch.load(weights_only=True)`` checkpoint written by training.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, safe_open, save_file
+
+from srgan_dist.models import Generator
+
+FORMAT = "srgan-dist-generator"
+FORMAT_VERSION = 1
+MODEL_KEYS = ("scale", "num_blocks", "channels", "norm")
+
+
+class WeightsError(ValueError):
+    """A weights file or run directory that cannot give a generator; the message names it."""
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """What is needed to rebuild a generator, plus where it came from."""
+
+    scale: int
+    num_blocks: int
+    channels: int
+    norm: str
+    stage: str = ""
+    step: int = 0
+
+    def build(self) -> Generator:
+        return Generator(num_blocks=self.num_blocks, channels=self.channels, scale=self.scale, norm=self.norm)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **self.__dict__}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any], source: Path) -> GeneratorSpec:
+        if raw.get("format") != FORMAT:
+            raise WeightsError(f"{source}: not a srgan-dist generator config (format={raw.get('format')!r})")
+        if raw.get("format_version", 0) > FORMAT_VERSION:
+            raise WeightsError(
+                f"{source}: format_version {raw['format_version']} is newer than this srgan-dist "
+                f"understands ({FORMAT_VERSION}); upgrade srgan-dist"
+            )
+        missing = [key for key in MODEL_KEYS if key not in raw]
+        if missing:
+            raise WeightsError(f"{source}: model config lacks {missing}")
+        return cls(
+            scale=int(raw["scale"]),
+            num_blocks=int(raw["num_blocks"]),
+            channels=int(raw["channels"]),
+            norm=str(raw["norm"]),
+            stage=str(raw.get("stage", "")),
+            step=int(raw.get("step", 0)),
+        )
+
+
+def sidecar_path(weights_path: Path) -> Path:
+    """``generator_srgan.safetensors`` → ``generator_srgan.json``."""
+    return weights_path.with_suffix(".json")
+
+
+def save_generator(model: torch.nn.Module, spec: GeneratorSpec, path: str | Path) -> Path:
+    """Write ``path`` (safetensors, config in metadata) and its JSON sidecar; return ``path``.
+
+    Both files are written under temporary names and renamed, so a crash never leaves a
+    half-written generator behind an existing good one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
+    config_text = json.dumps(spec.to_json(), indent=2)
+    tmp_weights = path.with_name(path.name + ".tmp")
+    tmp_json = path.with_name(path.name + ".json.tmp")
+    save_file(state, str(tmp_weights), metadata={"srgan_dist": config_text})
+    tmp_json.write_text(config_text + "\n")
+    tmp_weights.replace(path)
+    tmp_json.replace(sidecar_path(path))
+    return path
+
+
+def read_spec(path: Path) -> GeneratorSpec:
+    """The model config of a safetensors generator: its JSON sidecar, else its own metadata."""
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        try:
+            return GeneratorSpec.from_json(json.loads(sidecar.read_text()), sidecar)
+        except json.JSONDecodeError as error:
+            raise WeightsError(f"{sidecar}: not valid JSON ({error})") from error
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorsError, OSError) as error:
+        raise WeightsError(f"{path}: not a readable safetensors file ({error})") from error
+    if "srgan_dist" not in metadata:
+        raise WeightsError(f"{path}: no model config (no {sidecar.name} beside it and none in the file)")
+    return GeneratorSpec.from_json(json.loads(metadata["srgan_dist"]), path)
+
+
+def find_generator(weights: str | Path, stage: str | None = None) -> Path:
+    """Resolve ``--weights``: a generator file, or a run directory (its last exported stage)."""
+    weights = Path(weights)
+    if weights.is_file():
+        return weights
+    if not weights.is_dir():
+        raise WeightsError(f"--weights {weights}: no such file or run directory")
+    if stage is not None:
+        candidate = weights / f"generator_{stage}.safetensors"
+        if not candidate.is_file():
+            raise WeightsError(f"{weights}: has no {candidate.name} (stage {stage!r} not exported)")
+        return candidate
+    for name in ("srgan", "srresnet"):  # the later stage is the final model
+        candidate = weights / f"generator_{name}.safetensors"
+        if candidate.is_file():
+            return candidate
+    raise WeightsError(f"{weights}: no generator_<stage>.safetensors in this run directory yet")
+
+
+def load_generator(weights: str | Path, stage: str | None = None) -> tuple[Generator, GeneratorSpec]:
+    """Build the generator a file or run directory describes, in eval mode on the CPU."""
+    path = find_generator(weights, stage)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: expected a .safetensors generator file")
+    spec = read_spec(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorsError, OSError) as error:
+        raise WeightsError(f"{path}: not a readable safetensors file ({error})") from error
+    model = spec.build()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise WeightsError(f"{path}: weights do not match its model config {spec}: {error}") from error
+    return model.eval(), spec
