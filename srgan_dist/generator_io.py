@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from srgan_dist.models import Generator
@@ -101,7 +101,7 @@ def read_spec(path: Path) -> GeneratorSpec:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except (SafetensorsError, OSError) as error:
+    except (SafetensorError, OSError) as error:
         raise WeightsError(f"{path}: not a readable safetensors file ({error})") from error
     if "srgan_dist" not in metadata:
         raise WeightsError(f"{path}: no model config (no {sidecar.name} beside it and none in the file)")
@@ -135,7 +135,7 @@ def load_generator(weights: str | Path, stage: str | None = None) -> tuple[Gener
     spec = read_spec(path)
     try:
         state = load_file(str(path))
-    except (SafetensorsError, OSError) as error:
+    except (SafetensorError, OSError) as error:
         raise WeightsError(f"{path}: not a readable safetensors file ({error})") from error
     model = spec.build()
     try:
