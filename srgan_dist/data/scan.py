@@ -1,0 +1,345 @@
+"""Find, check and (where needed) convert HR images before any training starts.
+
+``scan_images`` classifies every file of a source (a folder searched recursively, or a text file
+with one path per line) as
+
+- **usable**: 8-bit RGB JPEG / PNG / BMP that DALI and PIL decode as they are;
+- **converted**: a real image the decoders could mis-read, rewritten once as 8-bit RGB PNG under
+  ``cache_dir/converted/`` by these rules (``CONVERSION_RULES``):
+  grayscale (``L``, ``1``) → R = G = B; palette (``P``) → its RGB(A) colours; alpha (``RGBA``,
+  ``LA``, ``PA``) → composited over white; 16-bit (``I;16*``, ``I``, 48/64-bit PNG) → top 8 bits
+  (value / 257, rounded); ``CMYK`` / ``YCbCr`` / ``LAB`` → PIL's RGB conversion; TIFF and WebP
+  containers → PNG (DALI's TIFF/WebP support varies by build and sample type);
+- **rejected**: zero-byte, not an image, an unsupported format, truncated or corrupt, smaller
+  than ``min_side`` on a side, or more pixels than ``data.max_pixels``.
+
+Formats are recognised by content (PIL's sniffing), not by extension. The default
+``data.verify=header`` reads headers plus the file's last bytes (a PNG must end in ``IEND``, a
+JPEG in ``EOI``), which catches truncation without decoding; ``full`` decodes every file.
+Probe results are cached in ``cache_dir/scan_cache.json`` keyed by (path, size, mtime), so a
+re-scan of an unchanged 100k-image folder costs one ``stat`` per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from srgan_dist.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
+"""Container formats accepted by content (``.jpg .jpeg .png .bmp .tif .tiff .webp``)."""
+DIRECT_FORMATS = ("JPEG", "PNG", "BMP")
+"""Formats DALI's decoders read directly (when the pixels are 8-bit RGB)."""
+CONVERSION_RULES = {
+    "grayscale": "gray replicated to R=G=B",
+    "palette": "palette expanded to its RGB colours",
+    "alpha": "alpha composited over white",
+    "16-bit": "16-bit samples reduced to 8 bits (value/257, rounded)",
+    "colour-space": "CMYK/YCbCr/LAB converted to RGB by PIL",
+    "container": "TIFF/WebP rewritten as PNG",
+}
+CACHE_VERSION = 1
+
+
+class DataError(ValueError):
+    """Bad input data a user has to fix; the message names each file (or config key) and why."""
+
+
+@dataclass
+class ScanResult:
+    """Outcome of ``scan_images``: files ready for the loaders, and what was skipped or converted."""
+
+    files: list[str] = field(default_factory=list)
+    """Absolute paths the loaders decode as 8-bit RGB (converted copies under ``cache_dir``)."""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """``(path, reason)`` for every rejected file (only non-empty with ``on_bad_file=skip``)."""
+    converted: list[tuple[str, str]] = field(default_factory=list)
+    """``(original path, rule)`` for every file that was rewritten as 8-bit RGB PNG."""
+
+
+@dataclass
+class _Probe:
+    """What a file is, independent of the policy (min_side, max_pixels): the cached part."""
+
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    mode: str = ""
+    error: str = ""
+    """Non-empty when the file cannot be used whatever the policy."""
+    rule: str = ""
+    """Key of ``CONVERSION_RULES`` when the file needs converting, else empty."""
+
+
+def list_source(source: str, *, role: str) -> list[str]:
+    """Absolute paths of every file in a folder (recursive, sorted) or named in a list file."""
+    if not source:
+        raise DataError(f"{role}: no image source configured (set {role}=/abs/folder)")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        found = []
+        for root, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found.extend(os.path.join(root, n) for n in names if not n.startswith("."))
+        return sorted(str(Path(p).resolve()) for p in found)
+    if path.is_file():
+        if _sniff_is_image(path):
+            raise DataError(f"{role}: {path} is an image; give a folder or a text file listing images")
+        lines = [line.strip() for line in path.read_text().splitlines()]
+        entries = [line for line in lines if line and not line.startswith("#")]
+        return [str((path.parent / entry).expanduser().resolve()) for entry in entries]
+    raise DataError(f"{role}: {source} is neither a folder nor a list file")
+
+
+def _sniff_is_image(path: Path) -> bool:
+    try:
+        with Image.open(path):
+            return True
+    except (UnidentifiedImageError, OSError):
+        return False
+
+
+def _tail_complete(path: str, image_format: str) -> bool:
+    """Cheap truncation check: PNG ends with the IEND chunk, JPEG with the EOI marker."""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - 64))
+        tail = handle.read().rstrip(b"\0\n\r ")
+    if image_format == "PNG":
+        return tail.endswith(b"IEND\xae\x42\x60\x82")
+    if image_format == "JPEG":
+        return tail.endswith(b"\xff\xd9")
+    return True
+
+
+def _conversion_rule(image: Image.Image) -> str:
+    mode = image.mode
+    if mode in ("L", "1"):
+        return "grayscale"
+    if mode == "P":
+        return "alpha" if "transparency" in image.info else "palette"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return "alpha"
+    if mode.startswith("I") or mode == "F":
+        return "16-bit"
+    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+        return "colour-space"
+    if mode == "RGB":
+        rawmodes = [tile[3][0] if isinstance(tile[3], tuple) else tile[3] for tile in image.tile]
+        if any(isinstance(raw, str) and "16" in raw for raw in rawmodes):
+            return "16-bit"  # 48-bit PNG: PIL shows 8-bit RGB, DALI would not
+        if image.format not in DIRECT_FORMATS:
+            return "container"
+        return ""
+    return "colour-space"
+
+
+def _probe(path: str, verify: str) -> _Probe:
+    """Classify one file by its content (headers, or a full decode with ``verify=full``)."""
+    try:
+        if os.path.getsize(path) == 0:
+            return _Probe(error="zero-byte file")
+    except OSError as error:
+        return _Probe(error=f"cannot read: {error.strerror or error}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                probe = _Probe(format=image.format or "", mode=image.mode)
+                if probe.format not in SUPPORTED_FORMATS:
+                    probe.error = (
+                        f"unsupported image format {probe.format} (want {'/'.join(SUPPORTED_FORMATS)})"
+                    )
+                    return probe
+                width, height = image.size
+                if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation swaps sides
+                    width, height = height, width
+                probe.width, probe.height = width, height
+                probe.rule = _conversion_rule(image)
+                if verify == "full":
+                    image.load()
+                elif not _tail_complete(path, probe.format):
+                    probe.error = "truncated (image data ends early)"
+    except UnidentifiedImageError:
+        return _Probe(error="not an image (unrecognised content)")
+    except Image.DecompressionBombError as error:
+        return _Probe(error=f"too large: {error}")
+    except (OSError, SyntaxError, ValueError) as error:
+        return _Probe(error=f"corrupt or truncated ({error})")
+    return probe
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """Decode any supported image as uint8 HxWx3 RGB by the ``CONVERSION_RULES`` (EXIF-rotated)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb_array(image)
+
+
+def _to_rgb_array(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        values = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(values[..., None], 3, axis=2)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"))
+
+
+def _converted_path(cache_dir: Path, path: str, stat: os.stat_result) -> Path:
+    key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir / "converted" / f"{Path(path).stem}-{key}.png"
+
+
+def _convert(path: str, target: Path) -> None:
+    """Write ``path`` as 8-bit RGB PNG at ``target`` (atomically; kept across re-scans)."""
+    if target.exists():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{os.getpid()}.tmp.png")
+    Image.fromarray(load_rgb(path)).save(partial, compress_level=1)
+    os.replace(partial, target)
+
+
+def _load_cache(cache_file: Path) -> dict[str, dict]:
+    if not cache_file.is_file():
+        return {}
+    try:
+        cached = json.loads(cache_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        log.warning("scan cache %s is unreadable; re-scanning", cache_file)
+        return {}
+    return cached.get("entries", {}) if cached.get("version") == CACHE_VERSION else {}
+
+
+def _save_cache(cache_file: Path, entries: dict[str, dict]) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}))
+    os.replace(partial, cache_file)
+
+
+def scan_images(
+    source: str, *, role: str, min_side: int, data_cfg: DataConfig, cache_dir: Path
+) -> ScanResult:
+    """Classify every file of ``source``; convert what needs it; apply ``data_cfg.on_bad_file``.
+
+    ``role`` (``data.train`` / ``data.val``) prefixes messages; ``min_side`` is the smallest
+    acceptable width and height. Raises ``DataError`` listing every bad file (policy ``error``)
+    or when no usable file is left.
+    """
+    cache_dir = Path(cache_dir)
+    paths = list_source(source, role=role)
+    cache_file = cache_dir / "scan_cache.json"
+    cache = _load_cache(cache_file)
+    stats: dict[str, os.stat_result | None] = {}
+    for path in paths:
+        try:
+            stats[path] = os.stat(path)
+        except OSError:
+            stats[path] = None
+
+    def cache_key(path: str) -> str:
+        stat = stats[path]
+        return f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{data_cfg.verify}" if stat else ""
+
+    probes: dict[str, _Probe] = {}
+    to_probe = []
+    for path in paths:
+        key = cache_key(path)
+        if stats[path] is None:
+            probes[path] = _Probe(error="does not exist or cannot be read")
+        elif key in cache:
+            probes[path] = _Probe(**cache[key])
+        else:
+            to_probe.append(path)
+    if to_probe:
+        log.info(
+            "%s: probing %d new or changed file(s) (%d cached)",
+            role,
+            len(to_probe),
+            len(paths) - len(to_probe),
+        )
+        with ThreadPoolExecutor(max_workers=max(1, data_cfg.num_threads)) as pool:
+            for path, probe in zip(
+                to_probe, pool.map(lambda p: _probe(p, data_cfg.verify), to_probe), strict=True
+            ):
+                probes[path] = probe
+                cache[cache_key(path)] = asdict(probe)
+        _save_cache(cache_file, cache)
+
+    result = ScanResult()
+    bad: list[tuple[str, str]] = []
+    for path in paths:
+        probe = probes[path]
+        reason = probe.error
+        if not reason and min(probe.width, probe.height) < min_side:
+            reason = f"too small: {probe.width}x{probe.height}, need at least {min_side} px on each side"
+        if not reason and probe.width * probe.height > data_cfg.max_pixels:
+            reason = (
+                f"too large: {probe.width}x{probe.height} = {probe.width * probe.height} pixels "
+                f"> data.max_pixels={data_cfg.max_pixels}"
+            )
+        if reason:
+            bad.append((path, reason))
+        elif probe.rule:
+            target = _converted_path(cache_dir, path, stats[path])
+            try:
+                _convert(path, target)
+            except (OSError, SyntaxError, ValueError) as error:
+                bad.append((path, f"corrupt: cannot decode for conversion ({error})"))
+                continue
+            result.files.append(str(target))
+            result.converted.append((path, CONVERSION_RULES[probe.rule]))
+        else:
+            result.files.append(path)
+
+    if result.converted:
+        log.info(
+            "%s: converted %d file(s) to 8-bit RGB PNG under %s:\n%s",
+            role,
+            len(result.converted),
+            cache_dir / "converted",
+            "\n".join(f"  {p}: {rule}" for p, rule in result.converted),
+        )
+    listing = "\n".join(f"  {p}: {reason}" for p, reason in bad)
+    if bad and data_cfg.on_bad_file == "error":
+        raise DataError(
+            f"{role}: {len(bad)} bad file(s) in {source} (fix or remove them, or set "
+            f"data.on_bad_file=skip):\n{listing}"
+        )
+    if bad:
+        log.warning("%s: skipping %d bad file(s) (data.on_bad_file=skip):\n%s", role, len(bad), listing)
+        result.skipped = bad
+    if not result.files:
+        raise DataError(f"{role}: no usable images in {source} ({len(paths)} file(s) found, {len(bad)} bad)")
+    log.info(
+        "%s: %d usable image(s) (%d converted, %d skipped)",
+        role,
+        len(result.files),
+        len(result.converted),
+        len(bad),
+    )
+    return result

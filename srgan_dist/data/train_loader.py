@@ -1,0 +1,299 @@
+"""Endless (LR, HR) training batches per worker: the DALI pipeline, or the PIL + DataLoader path.
+
+Both paths do the same thing to every sample:
+
+1. take a random ``hr_patch_size`` crop of an HR image (DALI: ROI decoding, so a JPEG is only
+   decoded around the crop);
+2. flip it horizontally and/or vertically and transpose it (each with probability 1/2), which
+   gives all 8 flips/90° rotations;
+3. make LR from the augmented crop by an antialiased bicubic downscale to ``1/scale``, rounded
+   to 8 bits like a real LR image (DALI ``resize(INTERP_CUBIC, antialias=True)``; PIL
+   ``BICUBIC`` via ``resize.bicubic_downscale``). HR and LR are aligned by construction;
+4. return float32 NCHW tensors on the worker's device: LR in [0, 1], HR in [-1, 1] (the
+   generator's output range).
+
+Sharding follows DALI's file reader: each epoch the whole file list is shuffled with a seed that
+is the same on every rank (``shuffle_after_epoch``) and cut into ``world_size`` contiguous shards,
+so shards are disjoint; each shard is padded by repeating its last file to ``ceil(N / world)``
+samples and then to a whole batch (``pad_last_batch``), so every rank runs
+``ceil(ceil(N / world) / batch)`` batches per epoch. Crop and flip randomness is seeded per rank.
+A file list smaller than one global batch is repeated until every shard fills a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+
+from srgan_dist.data.resize import bicubic_downscale
+from srgan_dist.data.scan import DataError, load_rgb
+
+log = logging.getLogger(__name__)
+
+LoaderKind = Literal["dali", "pil"]
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from several integers (base seed, rank, epoch, ...), stable across runs."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def batches_per_epoch(num_files: int, world_size: int, batch_size: int) -> int:
+    """Batches every rank runs per epoch (DALI ``pad_last_batch`` semantics)."""
+    return math.ceil(math.ceil(num_files / world_size) / batch_size)
+
+
+def shard_indices(
+    num_files: int, *, rank: int, world_size: int, batch_size: int, seed: int, epoch: int
+) -> list[int]:
+    """File indices rank ``rank`` reads in ``epoch``, padded to whole batches (DALI's order rule)."""
+    order = np.random.default_rng(derive_seed(seed, epoch)).permutation(num_files)
+    begin, end = num_files * rank // world_size, num_files * (rank + 1) // world_size
+    shard = order[begin:end].tolist()
+    padded = batches_per_epoch(num_files, world_size, batch_size) * batch_size
+    return shard + [shard[-1]] * (padded - len(shard))
+
+
+def augment_pair(hr_image: np.ndarray, *, scale: int, hr_patch_size: int, rng: np.random.Generator):
+    """Random crop + flips/transpose of an HxWx3 uint8 image → (lr_hwc, hr_hwc) uint8 (PIL path)."""
+    height, width = hr_image.shape[:2]
+    top = int(rng.integers(0, height - hr_patch_size + 1))
+    left = int(rng.integers(0, width - hr_patch_size + 1))
+    hr = hr_image[top : top + hr_patch_size, left : left + hr_patch_size]
+    if rng.random() < 0.5:
+        hr = hr[:, ::-1]
+    if rng.random() < 0.5:
+        hr = hr[::-1, :]
+    if rng.random() < 0.5:
+        hr = hr.transpose(1, 0, 2)
+    hr = np.ascontiguousarray(hr)
+    return bicubic_downscale(hr, scale), hr
+
+
+class _PilPairs(torch.utils.data.Dataset):
+    """Map-style dataset: item ``(file_index, sample_seed)`` → (LR CHW in [0,1], HR CHW in [-1,1])."""
+
+    def __init__(self, files: list[str], scale: int, hr_patch_size: int):
+        self.files, self.scale, self.hr_patch_size = files, scale, hr_patch_size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, sample_seed = item
+        lr, hr = augment_pair(
+            load_rgb(self.files[index]),
+            scale=self.scale,
+            hr_patch_size=self.hr_patch_size,
+            rng=np.random.default_rng(sample_seed),
+        )
+        lr_t = torch.from_numpy(np.array(lr)).permute(2, 0, 1).float().div_(255.0)
+        hr_t = torch.from_numpy(hr).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+        return lr_t, hr_t
+
+
+class _EndlessBatches(torch.utils.data.Sampler):
+    """Yields batches of ``(file_index, sample_seed)`` for epoch ``start_epoch``, ``+1``, ... forever."""
+
+    def __init__(self, num_files, *, rank, world_size, batch_size, seed, start_epoch):
+        self.num_files, self.rank, self.world_size = num_files, rank, world_size
+        self.batch_size, self.seed, self.start_epoch = batch_size, seed, start_epoch
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.start_epoch
+        while True:
+            indices = shard_indices(
+                self.num_files,
+                rank=self.rank,
+                world_size=self.world_size,
+                batch_size=self.batch_size,
+                seed=self.seed,
+                epoch=epoch,
+            )
+            items = [(i, derive_seed(self.seed, self.rank, epoch, k)) for k, i in enumerate(indices)]
+            for start in range(0, len(items), self.batch_size):
+                yield items[start : start + self.batch_size]
+            epoch += 1
+
+
+def _pil_batches(
+    files, *, scale, hr_patch_size, batch_size, rank, world_size, device, seed, num_threads, start_epoch
+):
+    sampler = _EndlessBatches(
+        len(files),
+        rank=rank,
+        world_size=world_size,
+        batch_size=batch_size,
+        seed=seed,
+        start_epoch=start_epoch,
+    )
+    loader = torch.utils.data.DataLoader(
+        _PilPairs(files, scale, hr_patch_size),
+        batch_sampler=sampler,
+        num_workers=num_threads,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    for lr, hr in loader:
+        yield lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
+
+
+def _dali_batches(
+    files, *, scale, hr_patch_size, batch_size, rank, world_size, device, seed, num_threads, start_epoch
+):
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    from srgan_dist.data.dali_pipeline import READER_NAME, sr_train_pipeline
+
+    on_gpu = device.type == "cuda"
+    device_id = (
+        (device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else None
+    )
+    pipe = sr_train_pipeline(
+        files=files,
+        shard_id=rank,
+        num_shards=world_size,
+        # identical on every rank (keeps shards disjoint), new for every resumed epoch
+        reader_seed=derive_seed(seed, start_epoch),
+        decode_device="mixed" if on_gpu else "cpu",
+        scale=scale,
+        hr_patch_size=hr_patch_size,
+        batch_size=batch_size,
+        num_threads=num_threads,
+        device_id=device_id,
+        seed=derive_seed(seed, rank, start_epoch, 1),
+    )
+    pipe.build()
+    iterator = DALIGenericIterator(
+        [pipe],
+        ["lr", "hr"],
+        reader_name=READER_NAME,
+        last_batch_policy=LastBatchPolicy.FILL,
+        auto_reset=True,
+    )
+    expected = batches_per_epoch(len(files), world_size, batch_size)
+    assert len(iterator) == expected, (len(iterator), expected)
+    try:
+        while True:
+            for outputs in iterator:
+                yield outputs[0]["lr"], outputs[0]["hr"]
+    finally:
+        del iterator, pipe
+
+
+class TrainLoader:
+    """Endless iterator of ``(lr_BCHW, hr_BCHW)`` that knows its epoch and position.
+
+    ``position`` counts the batches consumed in ``epoch``; after ``batches_per_epoch`` of them the
+    epoch advances. ``state_dict()`` is what a checkpoint keeps; resuming passes its ``epoch`` as
+    ``start_epoch`` (the loader restarts at that epoch's beginning).
+    """
+
+    def __init__(self, batches: Iterator, *, kind: LoaderKind, batches_per_epoch: int, start_epoch: int):
+        self.kind = kind
+        self.batches_per_epoch = batches_per_epoch
+        self.epoch = start_epoch
+        self.position = 0
+        self._batches = batches
+
+    def __iter__(self) -> TrainLoader:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._batches is None:
+            raise RuntimeError("TrainLoader is closed")
+        batch = next(self._batches)
+        self.position += 1
+        if self.position == self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def close(self) -> None:
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
+
+
+def dali_available() -> bool:
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_train_loader(
+    files: list[str],
+    *,
+    loader: LoaderKind,
+    scale: int,
+    hr_patch_size: int,
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    seed: int,
+    num_threads: int,
+    start_epoch: int = 0,
+) -> TrainLoader:
+    """The training batches of rank ``rank`` of ``world_size`` (see the module docstring)."""
+    if not files:
+        raise DataError("data.train: no files to train on")
+    if hr_patch_size % scale:
+        raise DataError(f"hr_patch_size={hr_patch_size} is not a multiple of model.scale={scale}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world_size {world_size}")
+    device = torch.device(device)
+    if loader == "dali" and not dali_available():
+        log.warning(
+            "data.loader=dali but NVIDIA DALI cannot be imported: falling back to the slower "
+            "PIL + DataLoader path (pip install nvidia-dali-cuda130 to fix)"
+        )
+        loader = "pil"
+    files = list(files)
+    repeats = math.ceil(world_size * batch_size / len(files))
+    if repeats > 1:
+        log.info(
+            "data.train: %d file(s) < one global batch of %d; repeating the list %dx per epoch",
+            len(files),
+            world_size * batch_size,
+            repeats,
+        )
+        files = files * repeats
+    make = _dali_batches if loader == "dali" else _pil_batches
+    batches = make(
+        files,
+        scale=scale,
+        hr_patch_size=hr_patch_size,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        seed=seed,
+        num_threads=num_threads,
+        start_epoch=start_epoch,
+    )
+    where = f"{'GPU decode' if device.type == 'cuda' and loader == 'dali' else 'CPU decode'} on {device}"
+    log.info(
+        "rank %d/%d: %s training loader, %s, %d file(s), %d batch(es) per epoch",
+        rank,
+        world_size,
+        loader,
+        where,
+        len(files),
+        batches_per_epoch(len(files), world_size, batch_size),
+    )
+    return TrainLoader(
+        batches,
+        kind=loader,
+        batches_per_epoch=batches_per_epoch(len(files), world_size, batch_size),
+        start_epoch=start_epoch,
+    )
