@@ -66,6 +66,9 @@ class Tiling:
             raise ValueError(f"--batch must be >= 1, got {self.batch}")
 
 
+DEFAULT_TILING = Tiling()
+
+
 def resolve_device(name: str | None) -> torch.device:
     """``None`` → CUDA when available, else CPU; ``cuda`` without CUDA is a clear error."""
     if name is None:
@@ -133,7 +136,7 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 def upscale_rgb(
     model: Generator,
     rgb_HWC: np.ndarray,
-    tiling: Tiling = Tiling(),
+    tiling: Tiling = DEFAULT_TILING,
     device: torch.device | str = "cpu",
     on_tiles: Callable[[int], None] | None = None,
 ) -> np.ndarray:
@@ -171,7 +174,7 @@ def upscale_rgb(
 def upscale_picture(
     model: Generator,
     picture: Picture,
-    tiling: Tiling = Tiling(),
+    tiling: Tiling = DEFAULT_TILING,
     device: torch.device | str = "cpu",
     on_tiles: Callable[[int], None] | None = None,
 ) -> Picture:
@@ -223,7 +226,7 @@ def upscale_files(
     inputs: list[Path],
     output_dir: str | Path,
     *,
-    tiling: Tiling = Tiling(),
+    tiling: Tiling = DEFAULT_TILING,
     device: str | None = None,
     stage: str | None = None,
     progress: bool | None = None,
