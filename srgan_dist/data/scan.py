@@ -63,6 +63,8 @@ class ScanResult:
 
     files: list[str] = field(default_factory=list)
     """Absolute paths the loaders decode as 8-bit RGB (converted copies under ``cache_dir``)."""
+    sources: list[str] = field(default_factory=list)
+    """The original path behind each entry of ``files`` (differs from it for converted files)."""
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """``(path, reason)`` for every rejected file (only non-empty with ``on_bad_file=skip``)."""
     converted: list[tuple[str, str]] = field(default_factory=list)
@@ -312,9 +314,11 @@ def scan_images(
                 bad.append((path, f"corrupt: cannot decode for conversion ({error})"))
                 continue
             result.files.append(str(target))
+            result.sources.append(path)
             result.converted.append((path, CONVERSION_RULES[probe.rule]))
         else:
             result.files.append(path)
+            result.sources.append(path)
 
     if result.converted:
         log.info(
