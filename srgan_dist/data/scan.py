@@ -167,7 +167,9 @@ def _probe(path: str, verify: str) -> _Probe:
                     )
                     return probe
                 width, height = image.size
-                if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation swaps sides
+                # PNG's getexif() decodes the whole file: look only at EXIF met in the header
+                has_exif = probe.format != "PNG" or "exif" in image.info
+                if has_exif and image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # rotated 90°
                     width, height = height, width
                 probe.width, probe.height = width, height
                 probe.rule = _conversion_rule(image)
