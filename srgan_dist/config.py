@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,6 +30,49 @@ STAGE_NAMES: tuple[StageName, ...] = ("srresnet", "srgan")
 
 class ConfigError(ValueError):
     """A config value a user has to fix; the message names the dotted key."""
+
+
+# Paper layer names "ij" that exist in VGG19: blocks 1-2 have two convs, blocks 3-5 four.
+# (tests check this against ``srgan_dist.models.VGG_LAYER_NAMES``; config stays torch-free.)
+VGG19_LAYERS: tuple[str, ...] = tuple(
+    f"{block}{conv}"
+    for block, convs in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 4))
+    for conv in range(1, convs + 1)
+)
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 scalars: ``1e-4`` is a float, ``off``/``yes`` stay strings.
+
+    PyYAML follows YAML 1.1, where ``lr: 1e-4`` is the string ``"1e-4"`` and ``amp: off`` is
+    ``False`` -- both then fail the type checks for values a user wrote correctly.
+    """
+
+
+_BOOL_TAG, _FLOAT_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_BOOL_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_YamlLoader.add_implicit_resolver(
+    _FLOAT_TAG,
+    re.compile(
+        r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+        |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.VERBOSE,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # safe: a SafeLoader subclass
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -121,9 +165,11 @@ class LossConfig:
     warning instead of stopping. Only sensible for demos and tests."""
 
     def __post_init__(self) -> None:
-        layer = self.perceptual_layer
-        ok = len(layer) == 2 and layer.isdigit() and 1 <= int(layer[0]) <= 5
-        _require(ok, "loss.perceptual_layer", f"must look like '54' (block 1-5, conv), got {layer!r}")
+        _require(
+            self.perceptual_layer in VGG19_LAYERS,
+            "loss.perceptual_layer",
+            f"must be a VGG19 layer {list(VGG19_LAYERS)}, got {self.perceptual_layer!r}",
+        )
         for key in ("content_weight_srgan", "perceptual_scale", "perceptual_weight", "adversarial_weight"):
             value = getattr(self, key)
             _require(math.isfinite(value) and value >= 0, f"loss.{key}", f"must be >= 0, got {value}")
@@ -161,7 +207,8 @@ class StageConfig:
         _require(self.lr > 0 and math.isfinite(self.lr), f"{prefix}.lr", f"must be > 0, got {self.lr}")
         _require(0 < self.lr_gamma <= 1, f"{prefix}.lr_gamma", f"must be in (0, 1], got {self.lr_gamma}")
         _require(
-            all(m > 0 for m in self.lr_milestones) and self.lr_milestones == sorted(self.lr_milestones),
+            all(m > 0 for m in self.lr_milestones)
+            and all(a < b for a, b in zip(self.lr_milestones, self.lr_milestones[1:], strict=False)),
             f"{prefix}.lr_milestones",
             f"must be increasing positive steps, got {self.lr_milestones}",
         )
@@ -359,7 +406,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError(f"override {text!r}: bad key {key!r}")
-    return parts, yaml.safe_load(value_text) if value_text.strip() else ""
+    return parts, _yaml_load(value_text) if value_text.strip() else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -383,9 +430,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _yaml_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if raw is None:  # an empty file
+        raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return raw

@@ -45,10 +45,15 @@ class GeneratorSpec:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **self.__dict__}
 
     @classmethod
-    def from_json(cls, raw: dict[str, Any], source: Path) -> GeneratorSpec:
+    def from_json(cls, raw: Any, source: Path) -> GeneratorSpec:
+        if not isinstance(raw, dict):
+            raise WeightsError(f"{source}: not a srgan-dist generator config (a {type(raw).__name__})")
         if raw.get("format") != FORMAT:
             raise WeightsError(f"{source}: not a srgan-dist generator config (format={raw.get('format')!r})")
-        if raw.get("format_version", 0) > FORMAT_VERSION:
+        version = raw.get("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise WeightsError(f"{source}: format_version must be an integer, got {version!r}")
+        if version > FORMAT_VERSION:
             raise WeightsError(
                 f"{source}: format_version {raw['format_version']} is newer than this srgan-dist "
                 f"understands ({FORMAT_VERSION}); upgrade srgan-dist"
@@ -56,14 +61,17 @@ class GeneratorSpec:
         missing = [key for key in MODEL_KEYS if key not in raw]
         if missing:
             raise WeightsError(f"{source}: model config lacks {missing}")
-        return cls(
-            scale=int(raw["scale"]),
-            num_blocks=int(raw["num_blocks"]),
-            channels=int(raw["channels"]),
-            norm=str(raw["norm"]),
-            stage=str(raw.get("stage", "")),
-            step=int(raw.get("step", 0)),
-        )
+        try:
+            return cls(
+                scale=int(raw["scale"]),
+                num_blocks=int(raw["num_blocks"]),
+                channels=int(raw["channels"]),
+                norm=str(raw["norm"]),
+                stage=str(raw.get("stage", "")),
+                step=int(raw.get("step", 0)),
+            )
+        except (TypeError, ValueError) as error:
+            raise WeightsError(f"{source}: bad model config value ({error})") from error
 
 
 def sidecar_path(weights_path: Path) -> Path:
@@ -105,7 +113,11 @@ def read_spec(path: Path) -> GeneratorSpec:
         raise WeightsError(f"{path}: not a readable safetensors file ({error})") from error
     if "srgan_dist" not in metadata:
         raise WeightsError(f"{path}: no model config (no {sidecar.name} beside it and none in the file)")
-    return GeneratorSpec.from_json(json.loads(metadata["srgan_dist"]), path)
+    try:
+        raw = json.loads(metadata["srgan_dist"])
+    except json.JSONDecodeError as error:
+        raise WeightsError(f"{path}: model config in its metadata is not valid JSON ({error})") from error
+    return GeneratorSpec.from_json(raw, path)
 
 
 def find_generator(weights: str | Path, stage: str | None = None) -> Path:
@@ -137,7 +149,10 @@ def load_generator(weights: str | Path, stage: str | None = None) -> tuple[Gener
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:
         raise WeightsError(f"{path}: not a readable safetensors file ({error})") from error
-    model = spec.build()
+    try:
+        model = spec.build()
+    except ValueError as error:  # e.g. scale 3 or an unknown norm in the config
+        raise WeightsError(f"{path}: model config {spec} is not a valid generator: {error}") from error
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

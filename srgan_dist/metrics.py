@@ -22,6 +22,8 @@ ImageLike = np.ndarray | torch.Tensor
 def to_y(image: ImageLike) -> np.ndarray:
     """Y channel in [16, 235] (float64, HxW) of an RGB image (see module docstring for formats)."""
     if isinstance(image, torch.Tensor):
+        if not image.is_floating_point():  # a uint8 tensor would be read as 0..255 "in [0, 1]"
+            raise ValueError(f"tensor images must be float in [0, 1], got {image.dtype}")
         tensor = image.detach().to("cpu", torch.float64)
         if tensor.ndim == 4:
             if tensor.shape[0] != 1:

@@ -29,7 +29,9 @@ def _layer_indices() -> dict[str, int]:
     """Map ``"ij"`` names to the index of that ReLU in ``vgg19().features``."""
     names: dict[str, int] = {}
     block, conv = 1, 0
-    for index, module in enumerate(vgg19(weights=None).features):
+    with torch.device("meta"):  # only the layout is needed: skip allocating and initialising 143M params
+        layout = vgg19(weights=None).features
+    for index, module in enumerate(layout):
         if isinstance(module, nn.Conv2d):
             conv += 1
         elif isinstance(module, nn.ReLU):
@@ -70,11 +72,14 @@ def load_vgg19_features(weights: str, allow_random_fallback: bool = False) -> nn
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"loss.vgg_weights: {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError/RuntimeError/EOFError on a bad file
+        raise ValueError(f"loss.vgg_weights: {path} is not a readable torch state dict: {error}") from error
     model = vgg19(weights=None)
     try:
         model.load_state_dict(state)
-    except RuntimeError as error:
+    except (RuntimeError, TypeError, AttributeError) as error:  # TypeError: not a mapping
         raise ValueError(
             f"loss.vgg_weights: {path} is not a torchvision vgg19 state dict: {error}"
         ) from error

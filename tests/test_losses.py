@@ -1,0 +1,107 @@
+"""Loss terms: gradients flow where they must, values match hand computation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from srgan_dist.losses import (
+    PerceptualLoss,
+    adversarial_discriminator_loss,
+    adversarial_generator_loss,
+    content_loss,
+)
+from srgan_dist.models import VGGFeatures
+
+
+def _small_vgg_features() -> nn.Sequential:
+    """The first VGG19 block (conv, ReLU, conv, ReLU, pool) is enough for layer "12"."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
+    )
+
+
+@pytest.fixture
+def perceptual() -> PerceptualLoss:
+    return PerceptualLoss(VGGFeatures("12", _small_vgg_features()), feature_scale=1 / 12.75)
+
+
+def test_perceptual_loss_gradient_reaches_generator_output(perceptual: PerceptualLoss) -> None:
+    torch.manual_seed(1)
+    sr = (torch.rand(2, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    hr = (torch.rand(2, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    loss = perceptual(sr, hr)
+    assert loss.item() > 0
+    loss.backward()
+    assert sr.grad is not None and sr.grad.abs().sum() > 0
+    assert hr.grad is None  # the target branch runs without autograd
+    assert all(p.grad is None for p in perceptual.parameters())  # VGG stays frozen
+
+
+def test_perceptual_loss_value(perceptual: PerceptualLoss) -> None:
+    torch.manual_seed(2)
+    sr, hr = torch.rand(1, 3, 8, 8) * 2 - 1, torch.rand(1, 3, 8, 8) * 2 - 1
+    vgg = perceptual.vgg
+    expected = torch.mean((vgg((sr + 1) / 2) / 12.75 - vgg((hr + 1) / 2) / 12.75) ** 2)
+    torch.testing.assert_close(perceptual(sr, hr), expected)
+    assert perceptual(hr, hr).item() == 0.0
+
+
+def test_perceptual_loss_passes_gradient_where_sr_overshoots(perceptual: PerceptualLoss) -> None:
+    # Generator output is not squashed: values beyond [-1, 1] must still get a gradient.
+    sr = torch.full((1, 3, 8, 8), 1.5, requires_grad=True)
+    perceptual(sr, torch.zeros(1, 3, 8, 8)).backward()
+    assert sr.grad.abs().sum() > 0
+
+
+def test_content_losses_by_hand() -> None:
+    sr = torch.tensor([[0.5, -1.0], [0.0, 1.0]])
+    hr = torch.tensor([[0.0, -0.5], [0.0, -1.0]])
+    # differences 0.5, -0.5, 0, 2
+    assert content_loss(sr, hr).item() == pytest.approx((0.25 + 0.25 + 0 + 4) / 4)
+    assert content_loss(sr, hr, "mse").item() == pytest.approx(1.125)
+    assert content_loss(sr, hr, "l1").item() == pytest.approx((0.5 + 0.5 + 0 + 2) / 4)
+    with pytest.raises(ValueError, match="huber"):
+        content_loss(sr, hr, "huber")  # type: ignore[arg-type]
+
+
+def test_adversarial_losses_by_hand() -> None:
+    zero = torch.zeros(4, 1)
+    assert adversarial_generator_loss(zero).item() == pytest.approx(math.log(2))
+    assert adversarial_discriminator_loss(zero, zero).item() == pytest.approx(2 * math.log(2))
+
+    def sigmoid(x: float) -> float:
+        return 1 / (1 + math.exp(-x))
+
+    fake = torch.tensor([[2.0], [-1.0]])
+    real = torch.tensor([[3.0], [0.5]])
+    # generator: -log D(G(LR)), D = sigmoid(logit)
+    expected_g = -(math.log(sigmoid(2.0)) + math.log(sigmoid(-1.0))) / 2
+    assert adversarial_generator_loss(fake).item() == pytest.approx(expected_g, rel=1e-6)
+    # discriminator: mean -log D(HR) + mean -log(1 - D(G(LR)))
+    expected_real = -(math.log(sigmoid(3.0)) + math.log(sigmoid(0.5))) / 2
+    expected_fake = -(math.log(1 - sigmoid(2.0)) + math.log(1 - sigmoid(-1.0))) / 2
+    assert adversarial_discriminator_loss(real, fake).item() == pytest.approx(
+        expected_real + expected_fake, rel=1e-6
+    )
+
+
+def test_adversarial_losses_move_the_right_way() -> None:
+    base = adversarial_discriminator_loss(torch.zeros(3, 1), torch.zeros(3, 1))
+    assert adversarial_discriminator_loss(torch.full((3, 1), 2.0), torch.zeros(3, 1)) < base
+    assert adversarial_discriminator_loss(torch.zeros(3, 1), torch.full((3, 1), -2.0)) < base
+    assert adversarial_discriminator_loss(torch.full((3, 1), -2.0), torch.full((3, 1), 2.0)) > base
+    # the generator wants its fakes called real
+    assert adversarial_generator_loss(torch.full((3, 1), 2.0)) < adversarial_generator_loss(torch.zeros(3, 1))
+
+
+def test_adversarial_losses_are_stable_for_large_logits() -> None:
+    # BCE-with-logits, not log(sigmoid): no inf/nan for confident discriminators
+    big = torch.full((2, 1), 200.0)
+    assert torch.isfinite(adversarial_generator_loss(-big))
+    assert adversarial_generator_loss(-big).item() == pytest.approx(200.0)
+    assert torch.isfinite(adversarial_discriminator_loss(-big, big))
