@@ -1,0 +1,279 @@
+"""Tiled upscaling: tiled vs untiled agreement, device traffic, eval mode, the upscale command.
+
+Generators here are tiny (2 blocks, 16 channels) and randomly initialised. A random generator's
+output barely varies (a few grey levels), which would hide seams, so ``contrasty_generator``
+scales its last conv until the output spans most of [0, 1]; tile-edge errors grow with it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_photo
+from PIL import Image
+
+from srgan_dist.cli import main
+from srgan_dist.generator_io import GeneratorSpec, load_generator, save_generator
+from srgan_dist.imageio import LUMA_WEIGHTS, quantize
+from srgan_dist.infer import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE,
+    Tiling,
+    count_tiles,
+    resolve_device,
+    tile_starts,
+    upscale_rgb,
+)
+from srgan_dist.models import Generator, generator_output_to_unit
+
+SCALE = 4
+UNTILED = Tiling(tile=0)
+
+
+def tiny_spec(stage: str = "srresnet", norm: str = "none") -> GeneratorSpec:
+    return GeneratorSpec(scale=SCALE, num_blocks=2, channels=16, norm=norm, stage=stage)
+
+
+def contrasty_generator(seed: int = 0, norm: str = "none") -> Generator:
+    """A random generator whose output spans roughly [0, 1] (std ≈ 0.2) on photos."""
+    torch.manual_seed(seed)
+    model = tiny_spec(norm=norm).build().eval()
+    if norm == "batch":  # non-trivial running statistics, so train-mode BN would differ visibly
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    probe = torch.from_numpy(make_photo((40, 40), 99)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        spread = model(probe).std()
+        model.tail.weight.mul_(0.4 / spread)  # [-1, 1] space: std 0.4 there is 0.2 in [0, 1]
+        model.tail.bias.zero_()
+    return model
+
+
+def photo_float(size: tuple[int, int], seed: int) -> np.ndarray:
+    return make_photo(size, seed).astype(np.float32) / 255.0
+
+
+def seam_mask(shape_hw: tuple[int, int], tiling: Tiling, band: int = 0) -> np.ndarray:
+    """HR pixels where tiles meet: covered by more than one tile, or within ``band`` of an inner edge."""
+    masks = []
+    for length in shape_hw:
+        size = min(tiling.tile, length)
+        coverage = np.zeros(length, dtype=int)
+        near_edge = np.zeros(length, dtype=bool)
+        for start in tile_starts(length, tiling.tile, tiling.overlap):
+            coverage[start : start + size] += 1
+            for edge in (start, start + size):
+                if 0 < edge < length:
+                    near_edge[max(0, edge - band) : edge + band] = True
+        masks.append(np.repeat((coverage > 1) | near_edge, SCALE))
+    return masks[0][:, None] | masks[1][None, :]
+
+
+def test_tile_starts_cover_the_axis_with_the_overlap() -> None:
+    for length, tile, overlap in [(100, 64, 32), (140, 64, 32), (65, 64, 16), (64, 64, 32), (30, 64, 32)]:
+        starts = tile_starts(length, tile, overlap)
+        size = min(tile, length)
+        assert starts[0] == 0 and starts[-1] + size == length
+        assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts))
+    assert tile_starts(500, 0, 0) == [0]
+
+
+def test_tiled_output_matches_untiled() -> None:
+    """Default overlap: ≤ 1 grey level off seams, ≤ 2 at seams; no overlap would fail the same check."""
+    model = contrasty_generator()
+    image = photo_float((170, 120), seed=1)  # 120 x 170 LR → 2 x 3 tiles of 80
+    untiled = quantize(upscale_rgb(model, image, Tiling(tile=0)), 8).astype(int)
+    assert untiled.std() > 30, "the fixture must have contrast for seams to show"
+
+    tiling = Tiling(tile=80, overlap=DEFAULT_OVERLAP)
+    assert count_tiles(120, 170, tiling) == 6
+    diff = np.abs(quantize(upscale_rgb(model, image, tiling), 8).astype(int) - untiled).max(axis=2)
+    seams = seam_mask((120, 170), tiling)
+    assert 0.2 < seams.mean() < 0.8
+    assert diff[~seams].max() <= 1
+    assert diff[seams].max() <= 2
+
+    hard_cut = Tiling(tile=80, overlap=0)
+    diff_cut = np.abs(quantize(upscale_rgb(model, image, hard_cut), 8).astype(int) - untiled).max(axis=2)
+    assert diff_cut[seam_mask((120, 170), hard_cut, band=8)].max() > 2  # the check above can fail
+
+
+def test_only_current_tiles_reach_the_model_and_batching_is_invisible() -> None:
+    model = contrasty_generator(norm="batch")  # eval mode: batch composition must not matter
+    image = photo_float((90, 70), seed=2)
+    seen: list[tuple[int, ...]] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+    tiling = Tiling(tile=32, overlap=8, batch=3)
+    batched = upscale_rgb(model, image, tiling)
+    handle.remove()
+    assert seen and all(shape[1:] == (3, 32, 32) and shape[0] <= 3 for shape in seen)
+    assert sum(shape[0] for shape in seen) == count_tiles(70, 90, tiling)
+
+    one_by_one = upscale_rgb(model, image, Tiling(tile=32, overlap=8, batch=1))
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_untiled_is_the_plain_forward_pass() -> None:
+    model = contrasty_generator()
+    image = photo_float((24, 20), seed=3)
+    expected = generator_output_to_unit(model(torch.from_numpy(image).permute(2, 0, 1)[None]))
+    result = upscale_rgb(model, image, Tiling(tile=0))
+    assert result.shape == (80, 96, 3)
+    np.testing.assert_allclose(result, expected[0].permute(1, 2, 0).detach().numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"tile": -1}, "--tile"), ({"tile": 32, "overlap": 17}, "half"), ({"batch": 0}, "--batch")],
+)
+def test_bad_tiling_is_rejected(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Tiling(**kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_cuda_without_a_gpu_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"--device cuda: CUDA is not available.*--device cpu"):
+        resolve_device("cuda")
+    assert resolve_device(None).type == "cpu"
+
+
+def test_cli_defaults_match_the_library() -> None:
+    from srgan_dist.cli import build_parser
+
+    args = build_parser().parse_args(["upscale", "--weights", "w", "--input", "i", "--output", "o"])
+    assert (args.tile, args.overlap) == (DEFAULT_TILE, DEFAULT_OVERLAP)
+
+
+# ---------------------------------------------------------------------------------------------
+# The upscale command, end to end
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A run directory with both stages exported (different weights)."""
+    run = tmp_path / "run"
+    save_generator(contrasty_generator(seed=0), tiny_spec("srresnet"), run / "generator_srresnet.safetensors")
+    save_generator(contrasty_generator(seed=1), tiny_spec("srgan"), run / "generator_srgan.safetensors")
+    return run
+
+
+def reference_rgb(run: Path, stage: str, rgb_HWC: np.ndarray, tiling: Tiling = UNTILED) -> np.ndarray:
+    """The float result the command should have written (tiny images are one tile anyway)."""
+    model, _ = load_generator(run, stage)
+    return upscale_rgb(model, rgb_HWC, tiling)
+
+
+def test_upscale_handles_every_kind_of_input(run_dir: Path, tmp_path: Path, capsys) -> None:
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    rgb = make_photo((20, 16), 10)  # 16 x 20
+    rotated_exif = Image.Exif()
+    rotated_exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    Image.fromarray(rgb).save(inputs / "exif.png", exif=rotated_exif)
+    rgba = np.dstack(
+        [make_photo((20, 16), 11), np.linspace(0, 255, 16 * 20).reshape(16, 20).astype(np.uint8)]
+    )
+    Image.fromarray(rgba).save(inputs / "alpha.png")
+    Image.fromarray(make_photo((20, 16), 12)[..., 0]).save(inputs / "gray.png")
+    gray16 = (np.linspace(0, 65535, 16 * 20).reshape(16, 20)).astype(np.uint16)
+    Image.fromarray(gray16).save(inputs / "deep.png")
+    palette = Image.fromarray(make_photo((20, 16), 13)).convert(
+        "P", palette=Image.Palette.ADAPTIVE, colors=16
+    )
+    palette.save(inputs / "palette.png", transparency=0)
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (inputs / "notes.txt").write_text("not an image extension: ignored")
+    whole = inputs / "whole.png"
+    Image.fromarray(make_photo((20, 16), 14)).save(whole)
+    (inputs / "truncated.png").write_bytes(whole.read_bytes()[:200])
+
+    rc = main(["upscale", "--weights", str(run_dir), "--input", str(inputs), "--output", str(out)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "truncated.png" in err and "2 input(s)" in err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "alpha.png", "deep.png", "exif.png", "gray.png", "palette.png", "whole.png",
+    ]  # fmt: skip
+
+    exif = Image.open(out / "exif.png")
+    assert exif.mode == "RGB" and exif.size == (64, 80)  # upright: 16 wide x 20 high, x4
+    upright = np.rot90(rgb, k=-1).astype(np.float32) / 255
+    expected = quantize(reference_rgb(run_dir, "srgan", upright), 8)  # srgan is the final stage
+    assert np.abs(np.asarray(exif).astype(int) - expected).max() <= 1
+
+    alpha = Image.open(out / "alpha.png")
+    assert alpha.mode == "RGBA" and alpha.size == (80, 64)
+    expected_alpha = np.asarray(Image.fromarray(rgba[..., 3]).resize((80, 64), Image.Resampling.BICUBIC))
+    assert np.abs(np.asarray(alpha)[..., 3].astype(int) - expected_alpha).max() <= 1
+    colour = quantize(reference_rgb(run_dir, "srgan", rgba[..., :3].astype(np.float32) / 255), 8)
+    assert np.abs(np.asarray(alpha)[..., :3].astype(int) - colour).max() <= 1
+
+    gray = Image.open(out / "gray.png")
+    assert gray.mode == "L" and gray.size == (80, 64)
+
+    deep = Image.open(out / "deep.png")
+    assert deep.mode.startswith("I") and deep.size == (80, 64)
+    deep_values = np.asarray(deep).astype(np.int64)
+    gray_rgb = np.repeat((gray16.astype(np.float32) / 65535)[..., None], 3, axis=2)
+    expected_deep = quantize(reference_rgb(run_dir, "srgan", gray_rgb) @ LUMA_WEIGHTS, 16).astype(np.int64)
+    assert np.abs(deep_values - expected_deep).max() <= 2  # 16-bit precision kept, not 8-bit steps
+    assert np.any(deep_values % 257 != 0)
+
+    assert Image.open(out / "palette.png").mode == "RGBA"  # palette with transparency keeps it
+
+
+def test_upscale_single_file_stage_option_and_batching(run_dir: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "p.png"
+    rgb = make_photo((48, 40), 20)
+    Image.fromarray(rgb).save(photo)
+    out = tmp_path / "out"
+    argv = ["upscale", "--weights", str(run_dir), "--input", str(photo), "--output", str(out)]
+    assert main([*argv, "--stage", "srresnet", "--tile", "24", "--overlap", "12", "--batch", "4"]) == 0
+    result = np.asarray(Image.open(out / "p.png")).astype(int)
+    tiling = Tiling(tile=24, overlap=12, batch=4)
+    expected = quantize(reference_rgb(run_dir, "srresnet", rgb.astype(np.float32) / 255, tiling), 8)
+    assert result.shape == (160, 192, 3)
+    assert np.abs(result - expected).max() <= 1  # the options reached the tiler; srresnet weights
+    other = quantize(reference_rgb(run_dir, "srgan", rgb.astype(np.float32) / 255), 8)
+    assert np.abs(result - other).max() > 10  # --stage really switched weights
+
+
+def test_weights_that_are_not_a_generator_give_clear_errors(tmp_path: Path, capsys) -> None:
+    photo = tmp_path / "p.png"
+    Image.fromarray(make_photo((16, 16), 0)).save(photo)
+    marker = tmp_path / "unpickled"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    for name in ("evil.pt", "evil.safetensors"):
+        (tmp_path / name).write_bytes(pickle.dumps(Evil()))
+    (tmp_path / "empty_run").mkdir()
+    cases = {
+        "evil.pt": "expected a .safetensors",
+        "evil.safetensors": "not a readable safetensors",
+        "empty_run": "no generator_<stage>.safetensors",
+        "missing": "no such file",
+    }
+    for name, message in cases.items():
+        argv = [
+            "upscale",
+            "--weights",
+            str(tmp_path / name),
+            "--input",
+            str(photo),
+            "--output",
+            str(tmp_path / "o"),
+        ]
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
+    assert not marker.exists(), "weights must never be unpickled"
