@@ -11,7 +11,7 @@ from PIL import Image
 
 from srgan_dist.cli import main
 from srgan_dist.config import DataConfig
-from srgan_dist.data import DataError
+from srgan_dist.data import DataError, scan_images
 from srgan_dist.data.prepare import prepare_subimages, tile_origins, write_sample_data
 
 
@@ -65,6 +65,12 @@ def test_prepare_writes_tiles_manifest_and_resumes(hr_folder, tmp_path):
     (out / "manifest.jsonl").write_text(lines[0] + "\n")
     resumed = prepare(hr_folder, out)
     assert resumed.written_sources == 1 and resumed.resumed_sources == 1 and resumed.tiles == 9
+
+    # the output folder is a training source as it is (manifest and cache are passed over)
+    scanned = scan_images(
+        str(out), role="data.train", min_side=48, data_cfg=DataConfig(), cache_dir=tmp_path / "c"
+    )
+    assert len(scanned.files) == 9 and not scanned.skipped
 
     with pytest.raises(DataError, match="was prepared with"):
         prepare(hr_folder, out, fmt="png")

@@ -13,7 +13,8 @@ with one path per line) as
 - **rejected**: zero-byte, not an image, an unsupported format, truncated or corrupt, smaller
   than ``min_side`` on a side, or more pixels than ``data.max_pixels``.
 
-Formats are recognised by content (PIL's sniffing), not by extension. The default
+Formats are recognised by content (PIL's sniffing), not by extension; a folder scan passes over
+hidden files and text sidecars (``SIDECAR_SUFFIXES``: manifests, READMEs). The default
 ``data.verify=header`` reads headers plus the file's last bytes (a PNG must end in ``IEND``, a
 JPEG in ``EOI``), which catches truncation without decoding; ``full`` decodes every file.
 Probe results are cached in ``cache_dir/scan_cache.json`` keyed by (path, size, mtime), so a
@@ -51,6 +52,9 @@ CONVERSION_RULES = {
     "container": "TIFF/WebP rewritten as PNG",
 }
 CACHE_VERSION = 1
+SIDECAR_SUFFIXES = (".json", ".jsonl", ".txt", ".md", ".csv", ".yaml", ".yml", ".log")
+"""Text files a folder scan passes over (``prepare``'s manifest, READMEs, list files); every
+other file, whatever its extension, is classified by content. Hidden files are passed over too."""
 
 
 class DataError(ValueError):
@@ -94,7 +98,11 @@ def list_source(source: str, *, role: str) -> list[str]:
         found = []
         for root, dirs, names in os.walk(path):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            found.extend(os.path.join(root, n) for n in names if not n.startswith("."))
+            found.extend(
+                os.path.join(root, n)
+                for n in names
+                if not n.startswith(".") and Path(n).suffix.lower() not in SIDECAR_SUFFIXES
+            )
         return sorted(str(Path(p).resolve()) for p in found)
     if path.is_file():
         if _sniff_is_image(path):
