@@ -4,9 +4,9 @@
 
 How tiles are laid out and blended (all sizes in LR pixels):
 
-- Tiles are ``tile`` x ``tile`` (smaller only when the image is) and step by ``tile - overlap``;
-  the last tile of a row or column is moved back to end at the image edge, so every tile has
-  the same shape and several can run as one batch (``batch``).
+- Along each axis: the fewest tiles of at most ``tile`` pixels that overlap by at least
+  ``overlap``, all of one size, spread evenly from edge to edge. Every tile has the same shape,
+  so several can run as one batch (``batch``).
 - The generator zero-pads every convolution, so output near a tile edge that is not an image
   edge differs from what the whole image would give. Each tile's output is weighted, along each
   axis and only on sides facing another tile, by 0 over the first ``overlap/4`` pixels (the most
@@ -26,6 +26,7 @@ accumulated there as float32 (4 bytes per output sample).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,11 +84,15 @@ def resolve_device(name: str | None) -> torch.device:
     return torch.device(name)
 
 
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles along one axis; the last tile ends exactly at ``length``."""
+def tile_layout(length: int, tile: int, overlap: int) -> tuple[int, list[int]]:
+    """Tile size and start offsets along one axis: the fewest tiles of at most ``tile`` pixels that
+    overlap by at least ``overlap``, all of one size and evenly spread from edge to edge (so no
+    tile is mostly a repeat of its neighbour, as a last tile pushed back to the edge would be)."""
     if tile == 0 or length <= tile:
-        return [0]
-    return [*range(0, length - tile, tile - overlap), length - tile]
+        return length, [0]
+    count = math.ceil((length - overlap) / (tile - overlap))
+    size = math.ceil((length + (count - 1) * overlap) / count)
+    return size, [round(index * (length - size) / (count - 1)) for index in range(count)]
 
 
 def _ramp(distance: np.ndarray, overlap: int) -> np.ndarray:
@@ -109,11 +114,8 @@ def axis_weights(start: int, size: int, length: int, overlap: int, scale: int) -
 
 def _axis_plan(length: int, tiling: Tiling, scale: int) -> tuple[int, dict[int, np.ndarray], np.ndarray]:
     """Tile size, per-start weights and their per-pixel sum along one axis."""
-    size = min(tiling.tile, length) if tiling.tile else length
-    weights = {
-        start: axis_weights(start, size, length, tiling.overlap, scale)
-        for start in tile_starts(length, tiling.tile, tiling.overlap)
-    }
+    size, starts = tile_layout(length, tiling.tile, tiling.overlap)
+    weights = {start: axis_weights(start, size, length, tiling.overlap, scale) for start in starts}
     total = np.zeros(length * scale, dtype=np.float32)
     for start, w in weights.items():
         total[start * scale : (start + size) * scale] += w
@@ -123,9 +125,9 @@ def _axis_plan(length: int, tiling: Tiling, scale: int) -> tuple[int, dict[int, 
 
 def count_tiles(height: int, width: int, tiling: Tiling) -> int:
     """How many tiles an ``height`` x ``width`` LR image is cut into."""
-    return len(tile_starts(height, tiling.tile, tiling.overlap)) * len(
-        tile_starts(width, tiling.tile, tiling.overlap)
-    )
+    rows = tile_layout(height, tiling.tile, tiling.overlap)[1]
+    columns = tile_layout(width, tiling.tile, tiling.overlap)[1]
+    return len(rows) * len(columns)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

@@ -26,7 +26,7 @@ from srgan_dist.infer import (
     Tiling,
     count_tiles,
     resolve_device,
-    tile_starts,
+    tile_layout,
     upscale_rgb,
 )
 from srgan_dist.models import Generator, generator_output_to_unit
@@ -64,10 +64,10 @@ def seam_mask(shape_hw: tuple[int, int], tiling: Tiling, band: int = 0) -> np.nd
     """HR pixels where tiles meet: covered by more than one tile, or within ``band`` of an inner edge."""
     masks = []
     for length in shape_hw:
-        size = min(tiling.tile, length)
+        size, starts = tile_layout(length, tiling.tile, tiling.overlap)
         coverage = np.zeros(length, dtype=int)
         near_edge = np.zeros(length, dtype=bool)
-        for start in tile_starts(length, tiling.tile, tiling.overlap):
+        for start in starts:
             coverage[start : start + size] += 1
             for edge in (start, start + size):
                 if 0 < edge < length:
@@ -76,13 +76,17 @@ def seam_mask(shape_hw: tuple[int, int], tiling: Tiling, band: int = 0) -> np.nd
     return masks[0][:, None] | masks[1][None, :]
 
 
-def test_tile_starts_cover_the_axis_with_the_overlap() -> None:
-    for length, tile, overlap in [(100, 64, 32), (140, 64, 32), (65, 64, 16), (64, 64, 32), (30, 64, 32)]:
-        starts = tile_starts(length, tile, overlap)
-        size = min(tile, length)
-        assert starts[0] == 0 and starts[-1] + size == length
-        assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts))
-    assert tile_starts(500, 0, 0) == [0]
+def test_tile_layout_covers_every_axis_evenly_with_the_overlap() -> None:
+    for tile, overlap in [(192, 32), (64, 32), (17, 8), (40, 0)]:
+        for length in range(1, 400):
+            size, starts = tile_layout(length, tile, overlap)
+            assert size <= tile or starts == [0]
+            assert starts[0] == 0 and starts[-1] + size == length
+            steps = [b - a for a, b in itertools.pairwise(starts)]
+            assert all(size - step >= overlap for step in steps)
+            assert not steps or max(steps) - min(steps) <= 1  # evenly spread
+    assert tile_layout(1000, 192, 32) == (171, [0, 138, 276, 414, 553, 691, 829])
+    assert tile_layout(500, 0, 0) == (500, [0])
 
 
 def test_tiled_output_matches_untiled() -> None:
@@ -113,7 +117,9 @@ def test_only_current_tiles_reach_the_model_and_batching_is_invisible() -> None:
     tiling = Tiling(tile=32, overlap=8, batch=3)
     batched = upscale_rgb(model, image, tiling)
     handle.remove()
-    assert seen and all(shape[1:] == (3, 32, 32) and shape[0] <= 3 for shape in seen)
+    tile_shape = (3, tile_layout(70, 32, 8)[0], tile_layout(90, 32, 8)[0])
+    assert seen and all(shape[1:] == tile_shape and shape[0] <= 3 for shape in seen)
+    assert max(tile_shape) <= 32
     assert sum(shape[0] for shape in seen) == count_tiles(70, 90, tiling)
 
     one_by_one = upscale_rgb(model, image, Tiling(tile=32, overlap=8, batch=1))
