@@ -69,6 +69,20 @@ def test_generator_residual_block_structure() -> None:
     assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.PReLU, nn.Conv2d, nn.BatchNorm2d]
 
 
+def test_generator_skip_connections() -> None:
+    # Zero the last conv of every residual block: with its skip each block is then the identity,
+    # so SR = tail(upsample(h + body_tail(h))) with h = head(LR) (the long skip adds h back).
+    torch.manual_seed(0)
+    model = Generator(num_blocks=2, channels=8, norm="none").eval()
+    with torch.no_grad():
+        for block in model.body:
+            block.body[3].weight.zero_()
+            block.body[3].bias.zero_()
+        lr = torch.rand(1, 3, 6, 6)
+        head = model.head(lr)
+        torch.testing.assert_close(model(lr), model.tail(model.upsample(head + model.body_tail(head))))
+
+
 @pytest.mark.parametrize("kwargs", [{"scale": 3}, {"scale": 1}, {"scale": 16}, {"norm": "layer"}])
 def test_generator_rejects_bad_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError):
