@@ -188,7 +188,8 @@ def test_upscale_handles_every_kind_of_input(run_dir: Path, tmp_path: Path, caps
         [make_photo((20, 16), 11), np.linspace(0, 255, 16 * 20).reshape(16, 20).astype(np.uint8)]
     )
     Image.fromarray(rgba).save(inputs / "alpha.png")
-    Image.fromarray(make_photo((20, 16), 12)[..., 0]).save(inputs / "gray.png")
+    gray8 = make_photo((20, 16), 12)[..., 0]
+    Image.fromarray(gray8).save(inputs / "gray.png")
     gray16 = (np.linspace(0, 65535, 16 * 20).reshape(16, 20)).astype(np.uint16)
     Image.fromarray(gray16).save(inputs / "deep.png")
     palette = Image.fromarray(make_photo((20, 16), 13)).convert(
@@ -224,12 +225,15 @@ def test_upscale_handles_every_kind_of_input(run_dir: Path, tmp_path: Path, caps
 
     gray = Image.open(out / "gray.png")
     assert gray.mode == "L" and gray.size == (80, 64)
+    gray_rgb = np.repeat((gray8.astype(np.float32) / 255)[..., None], 3, axis=2)
+    expected_gray = quantize(reference_rgb(run_dir, "srgan", gray_rgb) @ LUMA_WEIGHTS, 8)
+    assert np.abs(np.asarray(gray).astype(int) - expected_gray).max() <= 1
 
     deep = Image.open(out / "deep.png")
     assert deep.mode.startswith("I") and deep.size == (80, 64)
     deep_values = np.asarray(deep).astype(np.int64)
-    gray_rgb = np.repeat((gray16.astype(np.float32) / 65535)[..., None], 3, axis=2)
-    expected_deep = quantize(reference_rgb(run_dir, "srgan", gray_rgb) @ LUMA_WEIGHTS, 16).astype(np.int64)
+    deep_rgb = np.repeat((gray16.astype(np.float32) / 65535)[..., None], 3, axis=2)
+    expected_deep = quantize(reference_rgb(run_dir, "srgan", deep_rgb) @ LUMA_WEIGHTS, 16).astype(np.int64)
     assert np.abs(deep_values - expected_deep).max() <= 2  # 16-bit precision kept, not 8-bit steps
     assert np.any(deep_values % 257 != 0)
 

@@ -37,12 +37,16 @@ def _add_tiling(parser: argparse.ArgumentParser) -> None:
         "--overlap", type=int, default=32, metavar="M",
         help="pixels neighbouring tiles share and blend; at most tile/2 (default 32)",
     )  # fmt: skip
-    parser.add_argument("--batch", type=int, default=1, help="tiles per forward pass (default 1)")
+    parser.add_argument(
+        "--batch", type=int, default=1, metavar="K", help="tiles per forward pass (default 1)"
+    )
     parser.add_argument(
         "--device", default=None, metavar="cpu|cuda",
         help="where the generator runs (default: cuda if available, else cpu); cuda without a GPU fails",
     )  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's)"
+    )
 
 
 def _fail(command: str, error: Exception) -> int:
