@@ -355,6 +355,8 @@ def _check_value(value: Any, hint: Any, key: str) -> Any:
         _require(ok, key, f"must be a number, got {value!r}")
         return float(value)
     if hint is str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # `loss.perceptual_layer=22`, `run.name=2024` read as numbers by YAML
         _require(isinstance(value, str), key, f"must be a string, got {value!r}")
         return value
     raise TypeError(f"config field {key} has unsupported type {hint}")  # a bug in this file

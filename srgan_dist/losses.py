@@ -50,11 +50,19 @@ def adversarial_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
+def discriminator_real_loss(real_logits: torch.Tensor) -> torch.Tensor:
+    """-log D(HR), averaged over the batch."""
+    return F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+
+
+def discriminator_fake_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-log(1 - D(G(LR))), averaged over the batch."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+
+
 def adversarial_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """-log D(HR) - log(1 - D(G(LR))), each term averaged over the batch."""
-    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    return real + fake
+    return discriminator_real_loss(real_logits) + discriminator_fake_loss(fake_logits)
 
 
 __all__ = [
@@ -62,5 +70,7 @@ __all__ = [
     "adversarial_discriminator_loss",
     "adversarial_generator_loss",
     "content_loss",
+    "discriminator_fake_loss",
+    "discriminator_real_loss",
     "generator_output_to_unit",
 ]

@@ -152,7 +152,7 @@ def test_unknown_keys_in_yaml_are_named(tmp_path: Path, text: str, key: str) -> 
         ("srresnet.lr=fast", "srresnet.lr", "number"),
         ("srresnet.lr=true", "srresnet.lr", "number"),
         ("train.compile=1", "train.compile", "true or false"),
-        ("loss.perceptual_layer=54", "loss.perceptual_layer", "string"),
+        ("run.name=1.5", "run.name", "string"),
         ("model=4", "model", "mapping"),
         ("model.norm=layer", "model.norm", "one of"),
         ("data.loader=opencv", "data.loader", "one of"),
@@ -163,6 +163,12 @@ def test_wrong_types_are_named(override: str, key: str, words: str) -> None:
     message = _error([override])
     assert message.startswith(f"{key}:")
     assert words in message
+
+
+def test_number_like_text_fields_keep_their_text() -> None:
+    """YAML reads `22` as an int; for text fields such as a VGG layer or a run name that is text."""
+    cfg = load_config(None, ["loss.perceptual_layer=22", "run.name=2024"])
+    assert (cfg.loss.perceptual_layer, cfg.run.name) == ("22", "2024")
 
 
 def test_int_accepted_for_float_field() -> None:

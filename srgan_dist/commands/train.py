@@ -1,11 +1,87 @@
-"""``train``: run every stage of a config (``python launch.py`` is the same command)."""
+"""``train``: run every stage of a config (``python launch.py`` is the same command).
+
+    python launch.py --config configs/demo.yaml --name demo
+    python launch.py --config configs/div2k_x4.yaml --workers 8 --address auto \\
+        data.train=/data/DF2K_sub data.val=/data/DIV2K_valid_HR
+"""
 
 from __future__ import annotations
 
-from srgan_dist.commands import not_built
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/demo.yaml")
+    parser.add_argument("--name", help="run name (run.name): the folder <storage>/<name>/")
+    parser.add_argument("--storage", help="storage root (run.storage): local or shared path")
+    parser.add_argument("--workers", type=int, help="Ray Train workers (scaling.num_workers)")
+    parser.add_argument(
+        "--address",
+        help="Ray cluster to join ('auto' inside a cluster job); default: $RAY_ADDRESS, else an embedded local Ray",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run of this name: finished stages are skipped, the unfinished one resumes "
+        "from its latest checkpoint (a new run is started if none exists)",
+    )
+    parser.add_argument(
+        "--tensorboard", action="store_true", help="also serve the run's TensorBoard on 127.0.0.1:6006"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The config the arguments describe (flags are shorthands for their config keys)."""
+    from srgan_dist.config import load_config
+
+    overrides = list(args.overrides)
+    if args.name:
+        overrides.append(f"run.name={args.name}")
+    if args.storage:
+        overrides.append(f"run.storage={args.storage}")
+    if args.workers is not None:
+        overrides.append(f"scaling.num_workers={args.workers}")
+    return load_config(args.config, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from srgan_dist.config import ConfigError
+    from srgan_dist.data import DataError
+    from srgan_dist.driver import RunError, run_dir_of, run_training
+    from srgan_dist.models.vgg import VGGWeightsUnavailable
+
+    server = None
+    try:
+        cfg = config_from_args(args)
+        if args.tensorboard:
+            from srgan_dist.commands.tensorboard import start_tensorboard
+
+            server = start_tensorboard(run_dir_of(cfg).resolve(), host="127.0.0.1", port=6006)
+        run_training(cfg, resume=args.resume, address=args.address)
+    except (ConfigError, DataError, RunError, VGGWeightsUnavailable, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if server is not None:
+            server.terminate()
+    return 0
 
 
 def register(subparsers) -> None:
-    text = "Train SRResNet then SRGAN on Ray Train workers"
-    parser = subparsers.add_parser("train", help=f"{text} [not built yet]", description=text)
-    parser.set_defaults(func=not_built("training issue"))
+    text = "Train SRResNet then SRGAN on Ray Train workers (same as python launch.py)"
+    parser = subparsers.add_parser("train", help=text, description=text)
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python launch.py ...``"""
+    import logging
+
+    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(args)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models import VGG19_Weights, vgg19
+from torchvision.models.vgg import cfgs, make_layers
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,25 @@ def _layer_indices() -> dict[str, int]:
 VGG_LAYER_NAMES: dict[str, int] = _layer_indices()
 
 
+def _random_features() -> nn.Sequential:
+    """``vgg19().features`` with torchvision's own conv init, without building the 100M-parameter
+    classifier that ``vgg19()`` would also allocate and initialise (seconds of CPU time)."""
+    features = make_layers(cfgs["E"], batch_norm=False)
+    for module in features:
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return features
+
+
+def _features_from_state(state: dict[str, torch.Tensor]) -> nn.Sequential:
+    """Load the ``features.*`` part of a full vgg19 state dict (the classifier is not needed)."""
+    prefix = "features."
+    features = make_layers(cfgs["E"], batch_norm=False)
+    features.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    return features
+
+
 class VGGWeightsUnavailable(RuntimeError):
     """ImageNet VGG19 weights could not be loaded (typically: no internet, nothing cached)."""
 
@@ -52,10 +72,10 @@ def load_vgg19_features(weights: str, allow_random_fallback: bool = False) -> nn
     """Return ``vgg19().features`` with the requested weights (see module docstring)."""
     if weights == "random":
         log.warning("VGG19 uses RANDOM weights (loss.vgg_weights=random): perceptual loss is not VGG54")
-        return vgg19(weights=None).features
+        return _random_features()
     if weights == "imagenet":
         try:
-            return vgg19(weights=VGG19_Weights.IMAGENET1K_V1).features
+            return _features_from_state(VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False))
         except Exception as error:  # torchvision raises URLError/OSError/RuntimeError offline
             if not allow_random_fallback:
                 raise VGGWeightsUnavailable(
@@ -68,7 +88,7 @@ def load_vgg19_features(weights: str, allow_random_fallback: bool = False) -> nn
                 "loss.vgg_random_fallback=true. The perceptual loss is not the paper's VGG54.",
                 error,
             )
-            return vgg19(weights=None).features
+            return _random_features()
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"loss.vgg_weights: {path} does not exist")
@@ -76,14 +96,14 @@ def load_vgg19_features(weights: str, allow_random_fallback: bool = False) -> nn
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError/RuntimeError/EOFError on a bad file
         raise ValueError(f"loss.vgg_weights: {path} is not a readable torch state dict: {error}") from error
-    model = vgg19(weights=None)
     try:
-        model.load_state_dict(state)
+        with torch.device("meta"):  # only to check the whole file is a vgg19 state dict
+            vgg19(weights=None).load_state_dict(state, assign=True)
+        return _features_from_state(state)
     except (RuntimeError, TypeError, AttributeError) as error:  # TypeError: not a mapping
         raise ValueError(
             f"loss.vgg_weights: {path} is not a torchvision vgg19 state dict: {error}"
         ) from error
-    return model.features
 
 
 class VGGFeatures(nn.Module):

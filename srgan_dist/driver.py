@@ -1,0 +1,355 @@
+"""The staged driver: one Ray Train run per stage, with an explicit weight hand-off between them.
+
+``python launch.py --config configs/demo.yaml`` (or ``srgan-dist train``) ends up in
+``run_training``, which
+
+1. resolves and checks the config, the run directory and the data **before** asking Ray for
+   anything (bad files, a taken run name or missing VGG weights stop it here);
+2. connects to Ray: an embedded local instance bound to 127.0.0.1, or ``--address``;
+3. for each stage not yet finished: ``TorchTrainer(train_loop_per_worker)`` with
+   ``RunConfig(name=<name>-<stage>, storage_path=<storage>/<name>)``; Ray Train resumes a stage
+   from its own latest checkpoint when the same run is started again;
+4. exports ``generator_<stage>.safetensors`` from the stage's final checkpoint and passes that
+   file to the next stage;
+5. keeps ``summary.json`` up to date after each stage.
+
+Run directory ``<storage>/<name>/``: ``config.yaml``, ``tensorboard/<stage>/``,
+``<name>-<stage>/`` (Ray Train's checkpoints), ``generator_<stage>.safetensors`` (+ ``.json``),
+``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from srgan_dist.config import Config, ConfigError, config_from_dict, resolve_paths, to_dict, to_yaml
+from srgan_dist.generator_io import GeneratorSpec, save_generator
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+# Stage folders may change between runs of the same name without breaking a resume: data paths
+# (re-mounted), worker count, intervals and loader options. Anything else must match.
+RESUMABLE_SECTIONS_THAT_MUST_MATCH = ("model", "loss")
+
+
+class RunError(RuntimeError):
+    """The run cannot go on as asked; the message says what to do."""
+
+
+def run_dir_of(cfg: Config) -> Path:
+    if "://" in cfg.run.storage:
+        raise ConfigError(
+            f"run.storage: {cfg.run.storage!r} is a URI; srgan-dist writes TensorBoard logs, generators and "
+            "summary.json into the run directory, so it needs a filesystem path (local, or a shared mount "
+            "such as NFS on multi-node clusters)"
+        )
+    return Path(cfg.run.storage) / cfg.run.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-flight: everything that can fail without Ray.
+
+
+def check_run_directory(cfg: Config, run_dir: Path, resume: bool) -> None:
+    """A new run must not overwrite an old one; a resumed run must train the same model."""
+    saved = run_dir / CONFIG_FILE
+    if not saved.is_file():
+        return
+    if not resume:
+        raise RunError(
+            f"run directory {run_dir} already holds a run. Pass --resume to continue it, or choose "
+            "another --name (nothing was changed)"
+        )
+    old = config_from_dict(yaml.safe_load(saved.read_text()))
+    old_dict, new_dict = to_dict(old), to_dict(cfg)
+    for section in RESUMABLE_SECTIONS_THAT_MUST_MATCH:
+        if old_dict[section] != new_dict[section]:
+            raise RunError(
+                f"--resume: `{section}` differs from the run's {saved}; a resumed run must train the same "
+                f"model with the same losses.\n  saved: {old_dict[section]}\n  now:   {new_dict[section]}"
+            )
+    old_stages = {name: old_dict[name] for name in old.train.stages}
+    for name, old_stage in old_stages.items():
+        new_stage = new_dict[name]
+        for key in ("iterations", "lr", "lr_milestones", "lr_gamma"):
+            if old_stage[key] != new_stage[key]:
+                raise RunError(f"--resume: {name}.{key} changed from {old_stage[key]} to {new_stage[key]}")
+
+
+def scan_data(cfg: Config, run_dir: Path) -> tuple[list[str], list[str]]:
+    """Validate every training and validation image; return the usable (train, val) paths."""
+    from srgan_dist.data import scan_images
+
+    if not cfg.data.train:
+        raise ConfigError(
+            "data.train: not set; give a folder or list file, e.g. data.train=/data/DIV2K_train_HR"
+        )
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / ".scan_cache"
+    min_patch = max(cfg.stage(name).hr_patch_size for name in cfg.train.stages)
+    train = scan_images(
+        cfg.data.train, role="data.train", min_side=min_patch, data_cfg=cfg.data, cache_dir=cache_dir
+    )
+    val_files: list[str] = []
+    if cfg.data.val:
+        # SSIM's 11x11 window needs 11 px left after cropping `scale` px from each border.
+        min_val = max(cfg.model.scale * 4, 11 + 2 * cfg.model.scale)
+        val = scan_images(
+            cfg.data.val, role="data.val", min_side=min_val, data_cfg=cfg.data, cache_dir=cache_dir
+        )
+        val_files = sorted(val.files)
+        if cfg.data.val_max_images:
+            val_files = val_files[: cfg.data.val_max_images]
+        overlap = set(map(os.path.realpath, train.files)) & set(map(os.path.realpath, val_files))
+        if overlap:
+            raise ConfigError(
+                f"data.val: {len(overlap)} validation image(s) are also training images, e.g. {sorted(overlap)[0]}"
+            )
+    else:
+        log.warning("data.val is not set: no validation PSNR/SSIM, image grids or summary numbers")
+    return list(train.files), val_files
+
+
+def check_vgg(cfg: Config) -> None:
+    """Load the VGG19 weights once here, so a missing file fails before any worker starts."""
+    if "srgan" not in cfg.train.stages:
+        return
+    from srgan_dist.models.vgg import load_vgg19_features
+
+    load_vgg19_features(cfg.loss.vgg_weights, cfg.loss.vgg_random_fallback)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray
+
+
+def connect_ray(address: str | None, num_workers: int, cpus_per_worker: float) -> None:
+    """Join ``address`` (or ``RAY_ADDRESS``), else start an embedded Ray bound to 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        print(f"Connected to Ray cluster at {address}", flush=True)
+        return
+    # One CPU per worker plus one for Ray Train's controller; at least what the machine has.
+    num_cpus = max(os.cpu_count() or 1, int(num_workers * cpus_per_worker) + 1)
+    # The dashboard (127.0.0.1 only) also serves the state API Ray Train's clean-up thread polls.
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}},
+    )
+    print(f"Started an embedded local Ray instance ({num_cpus} CPUs, 127.0.0.1)", flush=True)
+
+
+def decide_gpu(cfg: Config) -> bool:
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if cfg.scaling.accelerator == "gpu" and gpus < 1:
+        raise RunError("scaling.accelerator=gpu but the Ray cluster has no GPUs")
+    use_gpu = cfg.scaling.accelerator == "gpu" or (cfg.scaling.accelerator == "auto" and gpus >= 1)
+    if use_gpu:
+        print(f"Training on GPUs: {cfg.scaling.num_workers} worker(s), 1 GPU each (NCCL)", flush=True)
+    else:
+        print(
+            f"Training on CPUs: {cfg.scaling.num_workers} worker(s), {cfg.scaling.cpus_per_worker:g} CPU each "
+            "(gloo)" + (" - no GPUs in the Ray cluster" if cfg.scaling.accelerator == "auto" else ""),
+            flush=True,
+        )
+    return use_gpu
+
+
+def run_stage(
+    cfg: Config,
+    stage: str,
+    run_dir: Path,
+    train_files: list[str],
+    val_files: list[str],
+    init_generator: Path | None,
+    use_gpu: bool,
+    test_hooks: dict[str, Any] | None = None,
+) -> Any:
+    """One Ray Train run for ``stage``; returns Ray's ``Result``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from srgan_dist.train.loop import train_loop_per_worker
+
+    stage_cfg = cfg.stage(stage)
+    loop_config = {
+        "config": to_dict(cfg),
+        "stage": stage,
+        "run_dir": str(run_dir),
+        "train_files": train_files,
+        "val_files": val_files,
+        "init_generator": str(init_generator) if init_generator else None,
+        "test_hooks": test_hooks,
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            placement_strategy=cfg.scaling.placement_strategy,
+        ),
+        run_config=RunConfig(
+            name=f"{cfg.run.name}-{stage}",
+            storage_path=str(run_dir),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=stage_cfg.num_to_keep),
+        ),
+    )
+    return trainer.fit()
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage results
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    tmp = run_dir / (SUMMARY_FILE + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(run_dir / SUMMARY_FILE)
+
+
+def export_stage_generator(
+    cfg: Config, stage: str, result: Any, run_dir: Path
+) -> tuple[Path, dict[str, Any]]:
+    """Write ``generator_<stage>.safetensors`` from the stage's final checkpoint."""
+    from srgan_dist.train import checkpoint as ckpt
+    from srgan_dist.train.loop import build_trainables
+
+    if result.checkpoint is None:
+        raise RunError(f"stage {stage} finished without a checkpoint; see the log above")
+    with result.checkpoint.as_directory() as directory:
+        state = ckpt.load_checkpoint(Path(directory), stage)
+    m = cfg.model
+    spec = GeneratorSpec(
+        scale=m.scale,
+        num_blocks=m.num_blocks,
+        channels=m.channels,
+        norm=m.norm,
+        stage=stage,
+        step=int(state["step"]),
+    )
+    generator = build_trainables(cfg, "srresnet", device=_cpu()).generator
+    generator.load_state_dict(state["trainables"]["generator"])
+    path = save_generator(generator, spec, run_dir / f"generator_{stage}.safetensors")
+    return path, dict(result.metrics or {})
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
+def stage_summary(cfg: Config, stage: str, metrics: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
+    return {
+        "completed": True,
+        "steps": int(metrics.get("step", cfg.stage(stage).iterations)),
+        "wall_time_s": round(wall_time_s, 2),
+        "train_time_s": round(float(metrics.get("train_time_s", 0.0)), 2),
+        "samples_per_s": round(float(metrics.get("samples_per_s", 0.0)), 2),
+        "workers": int(metrics.get("world_size", cfg.scaling.num_workers)),
+        "val_psnr": metrics.get("val/psnr"),
+        "val_ssim": metrics.get("val/ssim"),
+        "val_psnr_bicubic": metrics.get("val/psnr_bicubic"),
+        "val_ssim_bicubic": metrics.get("val/ssim_bicubic"),
+        "generator": f"generator_{stage}.safetensors",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole run
+
+
+def run_training(
+    cfg: Config, *, resume: bool = False, address: str | None = None, test_hooks: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Train every stage of ``cfg`` not finished yet; return ``summary.json``'s content."""
+    cfg = resolve_paths(cfg)
+    run_dir = run_dir_of(cfg)
+    check_run_directory(cfg, run_dir, resume)
+    train_files, val_files = scan_data(cfg, run_dir)
+    check_vgg(cfg)
+    print(f"Data: {len(train_files)} training image(s), {len(val_files)} validation image(s)", flush=True)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(to_yaml(cfg))
+    print(f"Run directory: {run_dir}", flush=True)
+    print(
+        f"TensorBoard:   tensorboard --logdir {run_dir / 'tensorboard'}   (or: srgan-dist tensorboard {run_dir})"
+    )
+
+    summary = load_summary(run_dir)
+    summary["run"] = {"name": cfg.run.name, "run_dir": str(run_dir)}
+    connect_ray(address, cfg.scaling.num_workers, cfg.scaling.cpus_per_worker)
+    use_gpu = decide_gpu(cfg)
+
+    from srgan_dist.train.loop import NONFINITE_FILE
+
+    previous_generator: Path | None = None
+    for stage in cfg.train.stages:
+        exported = run_dir / f"generator_{stage}.safetensors"
+        if summary["stages"].get(stage, {}).get("completed") and exported.is_file():
+            print(f"Stage {stage}: already finished, skipping ({exported.name})", flush=True)
+            previous_generator = exported
+            continue
+        print(f"Stage {stage}: {cfg.stage(stage).iterations} steps", flush=True)
+        (run_dir / stage / NONFINITE_FILE).unlink(missing_ok=True)
+        started = time.perf_counter()
+        result = run_stage(
+            cfg, stage, run_dir, train_files, val_files, previous_generator, use_gpu, test_hooks
+        )
+        nonfinite = run_dir / stage / NONFINITE_FILE
+        if nonfinite.is_file():
+            info = json.loads(nonfinite.read_text())
+            raise RunError(
+                f"stage {stage}: non-finite loss at step {info['step']} ({info['losses']}); stopped without "
+                f"saving that state. The last checkpoint (step {info['last_checkpoint_step']}) is kept. Lower "
+                f"{stage}.lr, or set train.on_nonfinite=skip, then run again with --resume"
+            )
+        previous_generator, metrics = export_stage_generator(cfg, stage, result, run_dir)
+        summary["stages"][stage] = stage_summary(cfg, stage, metrics, time.perf_counter() - started)
+        write_summary(run_dir, summary)
+        print(f"Stage {stage}: done, exported {previous_generator}", flush=True)
+
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print("\nValidation PSNR / SSIM (Y channel, border = scale):", flush=True)
+    for stage, entry in summary["stages"].items():
+        if entry.get("val_psnr") is None:
+            print(f"  {stage:9s} no validation set")
+            continue
+        gain = entry["val_psnr"] - entry["val_psnr_bicubic"]
+        print(
+            f"  {stage:9s} model {entry['val_psnr']:.2f} dB / {entry['val_ssim']:.4f}   bicubic "
+            f"{entry['val_psnr_bicubic']:.2f} dB / {entry['val_ssim_bicubic']:.4f}   gain {gain:+.2f} dB   "
+            f"({entry['steps']} steps, {entry['samples_per_s']:.1f} samples/s)",
+            flush=True,
+        )
