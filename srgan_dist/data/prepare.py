@@ -4,8 +4,9 @@ Why sub-images: decoding a 2K PNG to take one 96x96 crop throws away >99% of the
 is decoded on the CPU even in DALI's "mixed" mode. BasicSR's recipe (480 px tiles every 240 px)
 keeps every pixel of the source while each read costs ~1/12 of a full photo. JPEG (default,
 quality 95, 4:4:4 chroma) is what nvJPEG decodes on the GPU and what DALI decodes by region of
-interest; its artifacts at q95 are ~0.5-1 grey level RMS, well below what x4 SR recovers, but a
-purist can pass ``--format png`` (lossless, CPU-decoded, slower; see BENCHMARKS.md).
+interest; its artifacts at q95 are ~1.5 grey levels mean absolute difference (PSNR ~41 dB on the
+benchmark photos), far below the error of an x4 SR model, but the model does learn them; pass
+``--format png`` for lossless sub-images (CPU-decoded, several times slower; see BENCHMARKS.md).
 
 Output: ``OUT/<relative/path/as__name>_sNNN.<ext>`` plus ``OUT/manifest.jsonl`` (one line per
 finished source: its size/mtime and the tiles it produced) and ``OUT/prepare.json`` (the

@@ -17,8 +17,8 @@ Formats are recognised by content (PIL's sniffing), not by extension; a folder s
 hidden files and text sidecars (``SIDECAR_SUFFIXES``: manifests, READMEs). The default
 ``data.verify=header`` reads headers plus the file's last bytes (a PNG must end in ``IEND``, a
 JPEG in ``EOI``), which catches truncation without decoding; ``full`` decodes every file.
-Probe results are cached in ``cache_dir/scan_cache.json`` keyed by (path, size, mtime), so a
-re-scan of an unchanged 100k-image folder costs one ``stat`` per file.
+Probe results are cached in ``cache_dir/scan_cache-<source hash>.json`` keyed by (path, size,
+mtime), so a re-scan of an unchanged 100k-image folder costs one ``stat`` per file.
 """
 
 from __future__ import annotations
@@ -96,14 +96,14 @@ def list_source(source: str, *, role: str) -> list[str]:
     path = Path(source).expanduser()
     if path.is_dir():
         found = []
-        for root, dirs, names in os.walk(path):
+        for root, dirs, names in os.walk(path.resolve()):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             found.extend(
                 os.path.join(root, n)
                 for n in names
                 if not n.startswith(".") and Path(n).suffix.lower() not in SIDECAR_SUFFIXES
             )
-        return sorted(str(Path(p).resolve()) for p in found)
+        return sorted(found)  # absolute already: the walk starts at a resolved folder
     if path.is_file():
         if _sniff_is_image(path):
             raise DataError(f"{role}: {path} is an image; give a folder or a text file listing images")
@@ -264,7 +264,9 @@ def scan_images(
     """
     cache_dir = Path(cache_dir)
     paths = list_source(source, role=role)
-    cache_file = cache_dir / "scan_cache.json"
+    # one cache file per source, pruned to its current files, so it never grows without bound
+    source_key = hashlib.sha1(str(Path(source).expanduser().resolve()).encode()).hexdigest()[:12]
+    cache_file = cache_dir / f"scan_cache-{source_key}.json"
     cache = _load_cache(cache_file)
     stats: dict[str, os.stat_result | None] = {}
     for path in paths:
@@ -300,7 +302,8 @@ def scan_images(
             ):
                 probes[path] = probe
                 cache[cache_key(path)] = asdict(probe)
-        _save_cache(cache_file, cache)
+        current = {cache_key(path) for path in paths}
+        _save_cache(cache_file, {key: value for key, value in cache.items() if key in current})
 
     result = ScanResult()
     bad: list[tuple[str, str]] = []
