@@ -1,0 +1,120 @@
+"""Training through the Jobs API on the two-node local cluster: SPREAD workers on both nodes, the
+run directory contract, and stop → resubmit (same name, other worker count) → resume.
+
+Both nodes run on this machine, so a /tmp folder is "shared storage" for data and runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from srgan_dist.config import to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+if not (ROOT / "launch.py").is_file():
+    pytest.skip("launch.py is not there yet (training issue)", allow_module_level=True)
+
+from test_cluster_local import local_cluster  # noqa: E402
+from test_training import photos, steps_per_event_file, tiny_config  # noqa: E402, F401
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with local_cluster(gcs_port=6690, dashboard_port=8665) as running:
+        yield running
+
+
+def write_config(photos, storage: Path, name: str, path: Path, *overrides: str) -> Path:  # noqa: F811
+    """The training tests' tiny config as a YAML file the job reads (absolute /tmp path)."""
+    cfg = tiny_config(photos, storage, name, "scaling.placement_strategy=SPREAD", *overrides)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def test_two_stage_training_job_spreads_workers_over_both_nodes(cluster, photos, tmp_path):  # noqa: F811
+    storage = tmp_path / "runs"
+    config = write_config(photos, storage, "spread", tmp_path / "spread.yaml")
+    result = cluster.cli(
+        "submit",
+        "--config",
+        str(config),
+        "--name",
+        "spread",
+        "--storage",
+        str(storage),
+        "--workers",
+        "2",
+        "--wait",
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert f"run dir:      {storage}/spread" in result.stdout
+    assert f"tensorboard --logdir {storage}/spread/tensorboard" in result.stdout
+    assert len(cluster.actor_nodes("RayTrainWorker")) == 2  # SPREAD: a worker on each node
+
+    run_dir = storage / "spread"
+    for name in (
+        "config.yaml",
+        "generator_srresnet.safetensors",
+        "generator_srgan.safetensors",
+        "summary.json",
+    ):
+        assert (run_dir / name).is_file(), name
+    assert {p.name for p in (run_dir / "tensorboard").iterdir()} >= {"srresnet", "srgan"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "srresnet" in json.dumps(summary) and "srgan" in json.dumps(summary)
+
+
+def test_stopped_job_resumes_from_its_checkpoint_with_another_worker_count(cluster, photos, tmp_path):  # noqa: F811
+    storage = tmp_path / "runs"
+    config = write_config(
+        photos,
+        storage,
+        "resume",
+        tmp_path / "resume.yaml",
+        "srresnet.iterations=100",
+        "srresnet.checkpoint_interval=2",
+        "srresnet.val_interval=1000",
+    )
+    first = cluster.cli(
+        "submit", "--config", str(config), "--name", "resume", "--storage", str(storage), "--workers", "2"
+    )
+    assert first.returncode == 0, first.stderr
+    job_id = re.search(r"Submitted job (\S+)", first.stdout).group(1)
+    checkpoints = storage / "resume" / "resume-srresnet"
+    deadline = time.monotonic() + 600
+    while not any(checkpoints.glob("checkpoint_*")) and time.monotonic() < deadline:
+        time.sleep(3)
+    assert any(checkpoints.glob("checkpoint_*")), cluster.logs(job_id)[-4000:]
+    stopped = cluster.cli("stop", job_id, timeout=180)
+    assert f"Job {job_id}: STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
+
+    # Same name and config, 1 worker instead of 2.
+    second = cluster.cli(
+        "submit",
+        "--config",
+        str(config),
+        "--name",
+        "resume",
+        "--storage",
+        str(storage),
+        "--workers",
+        "1",
+        "--resume",
+        "--wait",
+        timeout=900,
+    )
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-2000:]
+    assert re.search(r"Submitted job resume-\d{8}-\d{6}", second.stdout).group(0) != f"Submitted job {job_id}"
+    attempts = steps_per_event_file(storage / "resume" / "tensorboard" / "srresnet", "loss/content")
+    assert len(attempts) >= 2
+    assert attempts[-1][0] > 1  # the resubmitted job started after the checkpointed step
+    assert (storage / "resume" / "generator_srgan.safetensors").is_file()

@@ -1,0 +1,118 @@
+"""The job request `srgan-dist submit` sends, built without a cluster (no Ray import)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from srgan_dist import jobs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_workers_take_a_count_or_an_elastic_range():
+    assert jobs.parse_workers("4") == 4
+    assert jobs.parse_workers("1-2") == (1, 2)
+    for bad in ("0", "2-1", "x", "1-", "0-3"):
+        with pytest.raises(jobs.JobError):
+            jobs.parse_workers(bad)
+
+
+def test_submission_id_is_the_run_name_plus_a_timestamp():
+    first = jobs.submission_id_for("demo", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc))
+    again = jobs.submission_id_for("demo", dt.datetime(2026, 1, 2, 3, 4, 6, tzinfo=dt.timezone.utc))
+    assert first == "demo-20260102-030405"
+    assert again != first  # resubmitting the same run gets a new job id
+    assert jobs.submission_id_for("my run/1").startswith("my-run-1-")
+
+
+def test_storage_must_be_absolute_or_a_uri():
+    assert jobs.check_storage("/shared/runs/") == "/shared/runs"
+    assert jobs.check_storage("s3://bucket/runs") == "s3://bucket/runs"
+    with pytest.raises(jobs.JobError, match="absolute path"):
+        jobs.check_storage("runs")
+
+
+def test_training_job_runs_launch_py_on_the_cluster_with_the_project_uploaded(tmp_path):
+    request = jobs.build_training_job(
+        config=str(ROOT / "configs" / "demo.yaml"),
+        working_dir=ROOT,
+        name="demo",
+        storage=str(tmp_path / "runs"),
+        workers="1-2",
+        resume=True,
+        overrides=["srresnet.iterations=4", "scaling.placement_strategy=SPREAD"],
+    )
+    args = shlex.split(request.entrypoint)
+    assert args[:4] == ["python", "launch.py", "--address", "auto"]
+    assert args[args.index("--config") + 1] == "configs/demo.yaml"  # relative to the upload
+    assert args[args.index("--name") + 1] == "demo"
+    assert args[args.index("--storage") + 1] == str(tmp_path / "runs")
+    assert args[args.index("--workers") + 1] == "1-2"
+    assert "--resume" in args
+    assert args[-2:] == ["srresnet.iterations=4", "scaling.placement_strategy=SPREAD"]
+    assert request.submission_id.startswith("demo-")
+    assert request.run_dir == f"{tmp_path}/runs/demo"
+    assert request.metadata[jobs.META_RUN_DIR] == request.run_dir
+    env = request.runtime_env
+    assert env["working_dir"] == str(ROOT)
+    assert {".git", ".venv", "runs", "data"} <= set(env["excludes"])
+    assert "pip" not in env  # a cluster with the project installed needs no pip
+    assert env["env_vars"]["PYTHONUNBUFFERED"] == "1"
+    # No entrypoint resources: the job server runs the driver on the head node.
+    assert request.entrypoint_num_cpus == 0 and request.entrypoint_resources == {}
+
+
+def test_training_job_checks_the_config_before_uploading_anything(tmp_path):
+    with pytest.raises(ValueError, match=r"srresnet\.iterations"):
+        jobs.build_training_job(
+            config=str(ROOT / "configs" / "demo.yaml"),
+            working_dir=ROOT,
+            storage=str(tmp_path),
+            overrides=["srresnet.iterations=-1"],
+        )
+    with pytest.raises(jobs.JobError, match="absolute"):  # demo.yaml's storage is relative
+        jobs.build_training_job(config=str(ROOT / "configs" / "demo.yaml"), working_dir=ROOT)
+
+
+def test_runtime_env_file_pip_and_env_vars_are_merged():
+    base = jobs.load_runtime_env_file(ROOT / "cluster" / "runtime_env.yaml")
+    env = jobs.build_runtime_env(
+        working_dir=ROOT, base=base, pip=["tqdm==4.67.1"], env_vars={"NCCL_DEBUG": "WARN"}
+    )
+    assert env["pip"] == ["tqdm==4.67.1"]
+    assert env["env_vars"] == {"PYTHONUNBUFFERED": "1", "NCCL_DEBUG": "WARN"}
+    assert set(base["excludes"]) <= set(env["excludes"])
+
+
+def test_command_job_runs_any_command_in_the_project():
+    request = jobs.build_command_job(
+        entrypoint="python cluster/check_cluster.py", name="check", working_dir=ROOT
+    )
+    assert request.entrypoint == "python cluster/check_cluster.py"
+    assert request.submission_id.startswith("check-")
+    assert request.run_dir == ""
+
+
+def test_cli_help_and_bad_arguments_need_no_ray():
+    code = (
+        "import sys; from srgan_dist.cli import build_parser, main; build_parser();"
+        "rc = main(['submit', '--config', 'configs/demo.yaml', '--storage', 'runs']);"
+        "assert 'ray' not in sys.modules, 'ray imported'; sys.exit(rc)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert "absolute path" in result.stderr
+    for command in ("submit", "status", "logs", "stop"):
+        help_text = subprocess.run(
+            [sys.executable, "-m", "srgan_dist.cli", command, "--help"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert help_text.returncode == 0 and "--address" in help_text.stdout
