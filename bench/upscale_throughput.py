@@ -13,6 +13,8 @@ fresh subprocess (so torch's thread count and the peak-memory high-water mark ar
 - peak memory: one tiled upscale to ``--peak-output`` (default 4000x3000), measured as the
   process's peak resident set (``ru_maxrss``; on CUDA also ``torch.cuda.max_memory_allocated``),
   next to the resident set just before the upscale (torch, model and input already loaded).
+
+Writing replaces the whole "## Upscaling" section of BENCHMARKS.md (notes under the table too).
 """
 
 from __future__ import annotations

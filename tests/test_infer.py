@@ -151,6 +151,17 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
     assert resolve_device(None).type == "cpu"
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_upscale_matches_cpu() -> None:
+    model = contrasty_generator()
+    image = photo_float((90, 70), seed=5)
+    tiling = Tiling(tile=32, overlap=8, batch=2)
+    on_cpu = upscale_rgb(model, image, tiling)
+    on_gpu = upscale_rgb(model.to("cuda"), image, tiling, "cuda")
+    assert np.abs(on_gpu - on_cpu).max() * 255 < 0.5  # TF32/cuDNN rounding, far below a grey level
+
+
 def test_cli_defaults_match_the_library() -> None:
     from srgan_dist.cli import build_parser
 
