@@ -159,7 +159,7 @@ def test_cuda_upscale_matches_cpu() -> None:
     tiling = Tiling(tile=32, overlap=8, batch=2)
     on_cpu = upscale_rgb(model, image, tiling)
     on_gpu = upscale_rgb(model.to("cuda"), image, tiling, "cuda")
-    assert np.abs(on_gpu - on_cpu).max() * 255 < 0.5  # TF32/cuDNN rounding, far below a grey level
+    assert np.abs(on_gpu - on_cpu).max() * 255 < 1.0  # TF32/cuDNN rounding stays below a grey level
 
 
 def test_cli_defaults_match_the_library() -> None:
