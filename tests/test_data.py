@@ -266,7 +266,8 @@ def test_scan_skip_policy_keeps_good_and_converted(mixed_folder, tmp_path):
             assert image.mode == "RGB" and image.format in ("PNG", "JPEG")
     gray = next(f for f, s in zip(result.files, result.sources, strict=True) if s.endswith("gray.png"))
     pixels = np.asarray(Image.open(gray))
-    assert Path(gray).is_relative_to(cache) and (pixels[..., 0] == pixels[..., 2]).all()
+    assert Path(gray).is_relative_to(cache) and Path(gray).stem == "gray"
+    assert (pixels[..., 0] == pixels[..., 2]).all()
     # the decoder takes every usable and converted file
     loader = make_loader(result.files, "dali", batch_size=len(result.files))
     _lr, hr = next(loader)

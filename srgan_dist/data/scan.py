@@ -101,7 +101,7 @@ def list_source(source: str, *, role: str) -> list[str]:
             found.extend(
                 os.path.join(root, n)
                 for n in names
-                if not n.startswith(".") and Path(n).suffix.lower() not in SIDECAR_SUFFIXES
+                if not n.startswith(".") and os.path.splitext(n)[1].lower() not in SIDECAR_SUFFIXES
             )
         return sorted(found)  # absolute already: the walk starts at a resolved folder
     if path.is_file():
@@ -222,7 +222,7 @@ def _to_rgb_array(image: Image.Image) -> np.ndarray:
 
 def _converted_path(cache_dir: Path, path: str, stat: os.stat_result) -> Path:
     key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir / "converted" / f"{Path(path).stem}-{key}.png"
+    return cache_dir / "converted" / key / f"{Path(path).stem}.png"  # stem kept for names in logs
 
 
 def _convert(path: str, target: Path) -> None:
