@@ -46,7 +46,9 @@ def sr_train_pipeline(
         # with the flips: all 8 rotations/reflections
         hr = fn.transpose(hr, perm=[1, 0, 2], output_layout="HWC")
     lr_size = hr_patch_size // scale
-    # Keys cubic (a = -0.5) with antialiasing: PIL BICUBIC within ~0.25 grey levels; uint8 out.
+    # Keys cubic (a = -0.5) with antialiasing, uint8 out. Against PIL BICUBIC on 192 px crops of
+    # astronaut/coffee/chelsea: mean abs diff 0.14-0.16 grey levels (test: < 1); single pixels at
+    # strong edges differ by up to ~13 levels (different rounding/edge handling).
     lr = fn.resize(hr, size=[lr_size, lr_size], interp_type=types.INTERP_CUBIC, antialias=True)
     lr = fn.crop_mirror_normalize(lr, dtype=types.FLOAT, output_layout="CHW", mean=[0.0] * 3, std=[255.0] * 3)
     hr = fn.crop_mirror_normalize(
