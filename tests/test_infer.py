@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +190,19 @@ def reference_rgb(run: Path, stage: str, rgb_HWC: np.ndarray, tiling: Tiling = U
     return upscale_rgb(model, rgb_HWC, tiling)
 
 
+def write_png16(path: Path, rgb16_HWC: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG written by hand (Pillow cannot write one)."""
+    height, width, _ = rgb16_HWC.shape
+    rows = b"".join(b"\x00" + rgb16_HWC[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, colour type 2 (RGB)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
 def test_upscale_handles_every_kind_of_input(run_dir: Path, tmp_path: Path, capsys) -> None:
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
@@ -203,6 +218,8 @@ def test_upscale_handles_every_kind_of_input(run_dir: Path, tmp_path: Path, caps
     Image.fromarray(gray8).save(inputs / "gray.png")
     gray16 = (np.linspace(0, 65535, 16 * 20).reshape(16, 20)).astype(np.uint16)
     Image.fromarray(gray16).save(inputs / "deep.png")
+    colour16 = make_photo((20, 16), 15).astype(np.uint16) * 257
+    write_png16(inputs / "deep_colour.png", colour16)
     palette = Image.fromarray(make_photo((20, 16), 13)).convert(
         "P", palette=Image.Palette.ADAPTIVE, colors=16
     )
@@ -218,7 +235,7 @@ def test_upscale_handles_every_kind_of_input(run_dir: Path, tmp_path: Path, caps
     err = capsys.readouterr().err
     assert "broken.png" in err and "truncated.png" in err and "2 input(s)" in err
     assert sorted(p.name for p in out.iterdir()) == [
-        "alpha.png", "deep.png", "exif.png", "gray.png", "palette.png", "whole.png",
+        "alpha.png", "deep.png", "deep_colour.png", "exif.png", "gray.png", "palette.png", "whole.png",
     ]  # fmt: skip
 
     exif = Image.open(out / "exif.png")
@@ -247,6 +264,10 @@ def test_upscale_handles_every_kind_of_input(run_dir: Path, tmp_path: Path, caps
     expected_deep = quantize(reference_rgb(run_dir, "srgan", deep_rgb) @ LUMA_WEIGHTS, 16).astype(np.int64)
     assert np.abs(deep_values - expected_deep).max() <= 2  # 16-bit precision kept, not 8-bit steps
     assert np.any(deep_values % 257 != 0)
+
+    deep_colour = np.asarray(Image.open(out / "deep_colour.png")).astype(int)  # Pillow reads it as 8-bit
+    expected_colour = quantize(reference_rgb(run_dir, "srgan", colour16.astype(np.float32) / 65535), 8)
+    assert deep_colour.shape == (64, 80, 3) and np.abs(deep_colour - expected_colour).max() <= 1
 
     assert Image.open(out / "palette.png").mode == "RGBA"  # palette with transparency keeps it
 
