@@ -77,7 +77,8 @@ def steps_per_event_file(log_dir: Path, tag: str) -> list[list[int]]:
             for value in event.summary.value
             if value.tag == tag
         ]
-        result.append(steps)
+        if steps:  # the hparams summary goes to a file of its own
+            result.append(steps)
     return result
 
 
