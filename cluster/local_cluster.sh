@@ -217,7 +217,11 @@ case "${1:-}" in
         pid_alive "$STATE_DIR/worker.pid" || start_worker
         wait_for_nodes 2
         ;;
-    down-worker) stop_node worker ;;
+    down-worker)
+        stop_node worker
+        # A restarted node joins the same Ray session; old worker logs there would be re-sent.
+        rm -rf "$STATE_DIR/ray-worker"
+        ;;
     *)
         echo "usage: $0 up|down|status|env|up-worker|down-worker" >&2
         exit 2

@@ -26,17 +26,21 @@ RAY_BIN = Path(sys.executable).parent / "ray"
 class LocalCluster:
     """cluster/local_cluster.sh on its own ports and temp dir."""
 
-    def __init__(self, gcs_port: int, dashboard_port: int):
+    def __init__(self, gcs_port: int, dashboard_port: int, auth: str = "disabled"):
         self.address = f"http://127.0.0.1:{dashboard_port}"
+        self.tmp = f"/tmp/srgan-test-ray-{gcs_port}"
         self.env = {
             **os.environ,
             "RAY_BIN": str(RAY_BIN),
             "SRGAN_CLUSTER_GCS_PORT": str(gcs_port),
             "SRGAN_CLUSTER_DASHBOARD_PORT": str(dashboard_port),
-            "SRGAN_CLUSTER_TMP": f"/tmp/srgan-test-ray-{gcs_port}",
+            "SRGAN_CLUSTER_TMP": self.tmp,
+            "SRGAN_CLUSTER_AUTH": auth,
             "RAY_ADDRESS": self.address,
-            "RAY_AUTH_MODE": "disabled",
+            "RAY_AUTH_MODE": auth,
         }
+        if auth == "token":
+            self.env["RAY_AUTH_TOKEN_PATH"] = f"{self.tmp}/auth_token"
 
     def script(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -95,9 +99,9 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def local_cluster(gcs_port: int, dashboard_port: int) -> Iterator[LocalCluster]:
+def local_cluster(gcs_port: int, dashboard_port: int, auth: str = "disabled") -> Iterator[LocalCluster]:
     """Two nodes up for the block; torn down even when starting or a test fails."""
-    cluster = LocalCluster(gcs_port, dashboard_port)
+    cluster = LocalCluster(gcs_port, dashboard_port, auth)
     try:
         started = cluster.script("up")
         assert started.returncode == 0, started.stderr + started.stdout
@@ -187,3 +191,18 @@ def test_elastic_run_continues_on_one_worker_when_a_node_goes_away(cluster, tmp_
     finally:
         cluster.cli("stop", job_id, "--no-wait")
         cluster.script("up-worker")
+
+
+def test_token_auth_cluster_refuses_clients_without_the_token():
+    with local_cluster(gcs_port=6790, dashboard_port=8765, auth="token") as secured:
+        env = secured.script("env").stdout
+        assert "export RAY_AUTH_MODE=token" in env and "RAY_AUTH_TOKEN_PATH=" in env
+        with_token = secured.cli(
+            "submit", "--entrypoint", "python -c 'print(42)'", "--name", "auth", "--wait"
+        )
+        assert with_token.returncode == 0, with_token.stderr
+        secured.env = {**secured.env, "RAY_AUTH_MODE": "disabled"}
+        del secured.env["RAY_AUTH_TOKEN_PATH"]
+        without = secured.cli("submit", "--entrypoint", "python -c 'print(42)'", "--name", "auth")
+        assert without.returncode == 1
+        assert "token" in without.stderr.lower()
