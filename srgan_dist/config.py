@@ -129,6 +129,10 @@ class ModelConfig:
     norm: Literal["batch", "none"] = "batch"
     """Generator normalisation: BatchNorm as in the paper, or none (MSRResNet style; better for
     short runs, no BN artifacts)."""
+    global_skip: Literal["none", "bicubic"] = "none"
+    """``bicubic`` adds the bicubic-upsampled input to the generator output (global residual
+    learning, not in the paper; parameter-free): an untrained model equals bicubic, so short runs
+    beat it. ``none`` is the paper's SRResNet."""
     disc_channels: int = 64
     """Channels of the discriminator's first conv; doubles every other conv (paper: 64 → 512)."""
     disc_norm: Literal["batch", "none"] = "batch"

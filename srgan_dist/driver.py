@@ -250,6 +250,7 @@ def export_stage_generator(
         num_blocks=m.num_blocks,
         channels=m.channels,
         norm=m.norm,
+        global_skip=m.global_skip,
         stage=stage,
         step=int(state["step"]),
     )

@@ -35,11 +35,18 @@ class GeneratorSpec:
     num_blocks: int
     channels: int
     norm: str
+    global_skip: str = "none"
     stage: str = ""
     step: int = 0
 
     def build(self) -> Generator:
-        return Generator(num_blocks=self.num_blocks, channels=self.channels, scale=self.scale, norm=self.norm)
+        return Generator(
+            num_blocks=self.num_blocks,
+            channels=self.channels,
+            scale=self.scale,
+            norm=self.norm,
+            global_skip=self.global_skip,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, **self.__dict__}
@@ -67,6 +74,7 @@ class GeneratorSpec:
                 num_blocks=int(raw["num_blocks"]),
                 channels=int(raw["channels"]),
                 norm=str(raw["norm"]),
+                global_skip=str(raw.get("global_skip", "none")),  # absent in files before the option
                 stage=str(raw.get("stage", "")),
                 step=int(raw.get("step", 0)),
             )

@@ -180,3 +180,14 @@ def test_metadata_without_config(tmp_path: Path) -> None:
     _expect_error(path, path, "no model config")
     save_file({"x": torch.zeros(1)}, str(path), metadata={"srgan_dist": "{broken"})
     _expect_error(path, path, "not valid JSON")
+
+
+def test_global_skip_round_trips_and_defaults_to_none_for_older_files(tmp_path: Path) -> None:
+    spec = GeneratorSpec(scale=2, num_blocks=1, channels=8, norm="none", global_skip="bicubic")
+    path = save_generator(spec.build(), spec, tmp_path / "generator_srresnet.safetensors")
+    model, loaded = load_generator(path)
+    assert loaded.global_skip == "bicubic" and model.global_skip == "bicubic"
+    sidecar = json.loads(sidecar_path(path).read_text())
+    del sidecar["global_skip"]  # what files written before the option look like
+    sidecar_path(path).write_text(json.dumps(sidecar))
+    assert load_generator(path)[1].global_skip == "none"

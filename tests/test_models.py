@@ -254,3 +254,18 @@ def test_wrong_weights_files_name_the_path(tmp_path: Path) -> None:
         assert str(path) in str(info.value)
     with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
         load_vgg19_features(str(tmp_path / "missing.pth"))
+
+
+def test_bicubic_global_skip_starts_at_bicubic_with_no_extra_parameters() -> None:
+    torch.manual_seed(0)
+    lr = torch.rand(2, 3, 12, 10)
+    model = Generator(num_blocks=2, channels=8, scale=4, norm="none", global_skip="bicubic")
+    bicubic = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(model(lr), bicubic * 2 - 1)
+    paper = sum(p.numel() for p in Generator().parameters())
+    assert sum(p.numel() for p in Generator(global_skip="bicubic").parameters()) == paper
+    # Once the residual branch is non-zero the output moves away from bicubic.
+    torch.nn.init.normal_(model.tail.weight, std=0.1)
+    assert not torch.allclose(model(lr), bicubic * 2 - 1)
+    with pytest.raises(ValueError, match="global_skip"):
+        Generator(global_skip="bilinear")

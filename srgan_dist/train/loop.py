@@ -84,7 +84,9 @@ def build_trainables(cfg: Config, stage: str, device: torch.device) -> Trainable
     """Models, Adam (beta1 = 0.9) and the step-wise multi-step lr schedule of ``stage``."""
     stage_cfg = cfg.stage(stage)
     m = cfg.model
-    generator = Generator(num_blocks=m.num_blocks, channels=m.channels, scale=m.scale, norm=m.norm).to(device)
+    generator = Generator(
+        num_blocks=m.num_blocks, channels=m.channels, scale=m.scale, norm=m.norm, global_skip=m.global_skip
+    ).to(device)
 
     def adam(model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         optimizer = torch.optim.Adam(model.parameters(), lr=stage_cfg.lr, betas=(0.9, 0.999))
@@ -104,8 +106,9 @@ def build_trainables(cfg: Config, stage: str, device: torch.device) -> Trainable
 def load_handoff_generator(generator: Generator, path: str, cfg: Config) -> None:
     """Initialise ``generator`` from the previous stage's exported weights."""
     loaded, spec = load_generator(path)
-    wanted = (cfg.model.scale, cfg.model.num_blocks, cfg.model.channels, cfg.model.norm)
-    if (spec.scale, spec.num_blocks, spec.channels, spec.norm) != wanted:
+    m = cfg.model
+    wanted = (m.scale, m.num_blocks, m.channels, m.norm, m.global_skip)
+    if (spec.scale, spec.num_blocks, spec.channels, spec.norm, spec.global_skip) != wanted:
         raise ValueError(f"{path}: generator {spec} does not match model config {cfg.model}")
     generator.load_state_dict(loaded.state_dict())
 
