@@ -25,6 +25,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Benchmarks (not tests): each appends its table to BENCHMARKS.md with command, machine and date.
+bench: $(STAMP)
+	$(PY) bench/data_throughput.py
+	$(PY) bench/train_scaling.py
+	$(PY) bench/upscale_throughput.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
