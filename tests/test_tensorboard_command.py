@@ -1,0 +1,56 @@
+"""`srgan-dist tensorboard RUN_DIR` serves the run's event files on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_tensorboard_serves_a_run_directory(tmp_path: Path) -> None:
+    run_dir = tmp_path / "demo"
+    writer = SummaryWriter(str(run_dir / "tensorboard" / "srresnet"))
+    writer.add_scalar("loss/content", 0.5, 1)
+    writer.close()
+    port = _free_port()
+    command = [sys.executable, "-m", "srgan_dist.cli", "tensorboard", str(run_dir), "--port", str(port)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        runs = None
+        while time.monotonic() < deadline and runs is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=2) as response:
+                    runs = json.loads(response.read())
+            except OSError:
+                assert process.poll() is None, process.stdout.read()
+                time.sleep(1)
+        assert runs == ["srresnet"]  # one TensorBoard run per stage folder
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_tensorboard_refuses_a_missing_directory(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "srgan_dist.cli", "tensorboard", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "nope" in result.stderr
