@@ -265,7 +265,10 @@ class ScalingConfig:
     """How many Ray Train workers, and on what."""
 
     num_workers: int = 1
-    """Data-parallel workers (one per GPU on a GPU cluster)."""
+    """Data-parallel workers (one per GPU on a GPU cluster); the maximum of an elastic run."""
+    min_workers: int = 0
+    """Elastic runs: start as soon as this many workers fit and grow to ``num_workers`` (Ray Train
+    restarts the group from the latest checkpoint when the size changes). 0 = a fixed size."""
     accelerator: Literal["auto", "gpu", "cpu"] = "auto"
     """``auto`` uses GPUs when the Ray cluster has any, otherwise CPUs."""
     cpus_per_worker: float = 1.0
@@ -275,6 +278,11 @@ class ScalingConfig:
 
     def __post_init__(self) -> None:
         _require(self.num_workers >= 1, "scaling.num_workers", f"must be >= 1, got {self.num_workers}")
+        _require(
+            0 <= self.min_workers <= self.num_workers,
+            "scaling.min_workers",
+            f"must be between 0 (fixed size) and scaling.num_workers={self.num_workers}, got {self.min_workers}",
+        )
         _require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
 
 

@@ -162,15 +162,24 @@ def decide_gpu(cfg: Config) -> bool:
     if cfg.scaling.accelerator == "gpu" and gpus < 1:
         raise RunError("scaling.accelerator=gpu but the Ray cluster has no GPUs")
     use_gpu = cfg.scaling.accelerator == "gpu" or (cfg.scaling.accelerator == "auto" and gpus >= 1)
+    workers = workers_setting(cfg)
+    count = f"{workers[0]}-{workers[1]} (elastic)" if isinstance(workers, tuple) else str(workers)
     if use_gpu:
-        print(f"Training on GPUs: {cfg.scaling.num_workers} worker(s), 1 GPU each (NCCL)", flush=True)
+        print(f"Training on GPUs: {count} worker(s), 1 GPU each (NCCL)", flush=True)
     else:
         print(
-            f"Training on CPUs: {cfg.scaling.num_workers} worker(s), {cfg.scaling.cpus_per_worker:g} CPU each "
+            f"Training on CPUs: {count} worker(s), {cfg.scaling.cpus_per_worker:g} CPU each "
             "(gloo)" + (" - no GPUs in the Ray cluster" if cfg.scaling.accelerator == "auto" else ""),
             flush=True,
         )
     return use_gpu
+
+
+def workers_setting(cfg: Config) -> int | tuple[int, int]:
+    """Ray Train's ``num_workers``: a count, or ``(min, max)`` for an elastic run."""
+    if cfg.scaling.min_workers:
+        return (cfg.scaling.min_workers, cfg.scaling.num_workers)
+    return cfg.scaling.num_workers
 
 
 def run_stage(
@@ -203,7 +212,7 @@ def run_stage(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
-            num_workers=cfg.scaling.num_workers,
+            num_workers=workers_setting(cfg),
             use_gpu=use_gpu,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
             placement_strategy=cfg.scaling.placement_strategy,

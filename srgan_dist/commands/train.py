@@ -15,7 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/demo.yaml")
     parser.add_argument("--name", help="run name (run.name): the folder <storage>/<name>/")
     parser.add_argument("--storage", help="storage root (run.storage): local or shared path")
-    parser.add_argument("--workers", type=int, help="Ray Train workers (scaling.num_workers)")
+    parser.add_argument(
+        "--workers",
+        metavar="N|MIN-MAX",
+        help="Ray Train workers (scaling.num_workers); MIN-MAX for an elastic run that starts with MIN "
+        "and grows to MAX (scaling.min_workers)",
+    )
     parser.add_argument(
         "--address",
         help="Ray cluster to join ('auto' inside a cluster job); default: $RAY_ADDRESS, else an embedded local Ray",
@@ -32,6 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
 
 
+def workers_overrides(text: str) -> list[str]:
+    """``"4"`` → a fixed size; ``"2-8"`` → an elastic range."""
+    from srgan_dist.config import ConfigError
+
+    low, dash, high = text.partition("-")
+    if not (low.isdigit() and (not dash or high.isdigit())):
+        raise ConfigError(f"--workers: expected N or MIN-MAX, got {text!r}")
+    if not dash:
+        return [f"scaling.num_workers={low}", "scaling.min_workers=0"]
+    return [f"scaling.num_workers={high}", f"scaling.min_workers={low}"]
+
+
 def config_from_args(args: argparse.Namespace):
     """The config the arguments describe (flags are shorthands for their config keys)."""
     from srgan_dist.config import load_config
@@ -42,7 +59,7 @@ def config_from_args(args: argparse.Namespace):
     if args.storage:
         overrides.append(f"run.storage={args.storage}")
     if args.workers is not None:
-        overrides.append(f"scaling.num_workers={args.workers}")
+        overrides += workers_overrides(args.workers)
     return load_config(args.config, overrides)
 
 
