@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 
-def start_tensorboard(run_dir: Path, host: str, port: int) -> subprocess.Popen:
-    """Start TensorBoard on ``<run_dir>/tensorboard`` in the background and say where it is."""
+def tensorboard_command(run_dir: Path, host: str, port: int) -> tuple[list[str], Path]:
+    """The TensorBoard command line for ``<run_dir>/tensorboard`` (or ``run_dir`` itself if it is
+    a plain logdir), and that logdir."""
     logdir = (
         run_dir / "tensorboard" if (run_dir / "tensorboard").is_dir() or not run_dir.exists() else run_dir
     )
-    logdir.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
         "-m",
@@ -25,6 +26,13 @@ def start_tensorboard(run_dir: Path, host: str, port: int) -> subprocess.Popen:
         "--port",
         str(port),
     ]
+    return command, logdir
+
+
+def start_tensorboard(run_dir: Path, host: str, port: int) -> subprocess.Popen:
+    """Start TensorBoard in the background (``--tensorboard`` of ``train``) and say where it is."""
+    command, logdir = tensorboard_command(run_dir, host, port)
+    logdir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(command)
     print(f"TensorBoard: http://{host}:{port}/  (logdir {logdir})", flush=True)
     return process
@@ -35,12 +43,10 @@ def run(args: argparse.Namespace) -> int:
     if not run_dir.is_dir():
         print(f"error: {run_dir} is not a directory", file=sys.stderr)
         return 2
-    process = start_tensorboard(run_dir.resolve(), args.host, args.port)
-    try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        return 0
+    command, logdir = tensorboard_command(run_dir.resolve(), args.host, args.port)
+    print(f"TensorBoard: http://{args.host}:{args.port}/  (logdir {logdir})", flush=True)
+    # Become TensorBoard, so stopping this command (Ctrl-C, SIGTERM) stops the server itself.
+    os.execv(sys.executable, command)
 
 
 def register(subparsers) -> None:
