@@ -163,36 +163,6 @@ def test_status_logs_and_stop_of_a_running_job(cluster):
     assert re.search(r"status:\s+STOPPED", cluster.cli("status", job_id).stdout)
 
 
-def test_elastic_run_continues_on_one_worker_when_a_node_goes_away(cluster, tmp_path):
-    """Ray Train elastic scaling (num_workers=(1, 2)) on CPU: lose the second node mid-run."""
-    steps = 30
-    submitted = cluster.cli(
-        "submit",
-        "--name",
-        "elastic",
-        "--entrypoint",
-        f"python cluster/check_elastic.py --storage {tmp_path} --steps {steps} --resize-interval 5",
-    )
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = re.search(r"Submitted job (\S+)", submitted.stdout).group(1)
-    try:
-        cluster.wait_for_log(job_id, r"ELASTIC step=3 world=2", timeout=300)
-        lost = cluster.script("down-worker")
-        assert lost.returncode == 0, lost.stderr
-        resumed = cluster.wait_for_log(job_id, r"ELASTIC start step=(\d+) world=1", timeout=400)
-        assert int(resumed.group(1)) >= 2  # from a checkpoint, not from scratch
-        cluster.wait_for_log(job_id, rf"ELASTIC step={steps} world=1", timeout=400)
-        status = cluster.cli("status", job_id)
-        deadline = time.monotonic() + 120
-        while "SUCCEEDED" not in status.stdout and time.monotonic() < deadline:
-            time.sleep(3)
-            status = cluster.cli("status", job_id)
-        assert re.search(r"status:\s+SUCCEEDED", status.stdout), status.stdout
-    finally:
-        cluster.cli("stop", job_id, "--no-wait")
-        cluster.script("up-worker")
-
-
 def test_token_auth_cluster_refuses_clients_without_the_token():
     with local_cluster(gcs_port=6790, dashboard_port=8765, auth="token") as secured:
         env = secured.script("env").stdout
