@@ -15,6 +15,7 @@ path or URI that every node can reach.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -239,17 +240,18 @@ def build_training_job(
         python=python,
     )
     run_dir = f"{storage.rstrip('/')}/{name}"
-    return JobRequest(
+    job = build_command_job(
         entrypoint=entrypoint,
-        submission_id=submission_id or submission_id_for(name),
-        runtime_env=build_runtime_env(
-            working_dir=working_dir, base=runtime_env_base, pip=pip, env_vars=env_vars
-        ),
+        name=name,
+        working_dir=working_dir,
+        runtime_env_base=runtime_env_base,
+        pip=pip,
+        env_vars=env_vars,
         entrypoint_num_cpus=entrypoint_num_cpus,
-        entrypoint_resources=dict(entrypoint_resources or {}),
-        metadata={META_RUN_NAME: name, META_RUN_DIR: run_dir},
-        run_dir=run_dir,
+        entrypoint_resources=entrypoint_resources,
+        submission_id=submission_id,
     )
+    return dataclasses.replace(job, metadata={META_RUN_NAME: name, META_RUN_DIR: run_dir}, run_dir=run_dir)
 
 
 def build_command_job(
