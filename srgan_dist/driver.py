@@ -315,15 +315,22 @@ def run_training(
 
     summary = load_summary(run_dir)
     summary["run"] = {"name": cfg.run.name, "run_dir": str(run_dir)}
-    connect_ray(address, cfg.scaling.num_workers, cfg.scaling.cpus_per_worker)
-    use_gpu = decide_gpu(cfg)
+
+    def finished(stage: str) -> bool:
+        exported = run_dir / f"generator_{stage}.safetensors"
+        return bool(summary["stages"].get(stage, {}).get("completed")) and exported.is_file()
+
+    use_gpu = False
+    if not all(finished(stage) for stage in cfg.train.stages):  # nothing left: no Ray needed
+        connect_ray(address, cfg.scaling.num_workers, cfg.scaling.cpus_per_worker)
+        use_gpu = decide_gpu(cfg)
 
     from srgan_dist.train.loop import NONFINITE_FILE
 
     previous_generator: Path | None = None
     for stage in cfg.train.stages:
         exported = run_dir / f"generator_{stage}.safetensors"
-        if summary["stages"].get(stage, {}).get("completed") and exported.is_file():
+        if finished(stage):
             print(f"Stage {stage}: already finished, skipping ({exported.name})", flush=True)
             previous_generator = exported
             continue
