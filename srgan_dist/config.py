@@ -406,6 +406,22 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def parse_workers(text: str) -> int | tuple[int, int]:
+    """``--workers``: ``"4"`` → 4 fixed workers; ``"1-2"`` → an elastic ``(min, max)`` range."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
+    if not match:
+        raise ConfigError(f"--workers: expected N or MIN-MAX (e.g. 4 or 1-4), got {text!r}")
+    low = int(match.group(1))
+    if match.group(2) is None:
+        if low < 1:
+            raise ConfigError(f"--workers: must be >= 1, got {text!r}")
+        return low
+    high = int(match.group(2))
+    if not 1 <= low <= high:
+        raise ConfigError(f"--workers: need 1 <= MIN <= MAX, got {text!r}")
+    return low, high
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build a ``Config`` from a nested dict; missing keys take the defaults in this file."""
     defaults = dataclasses.asdict(Config())

@@ -87,19 +87,14 @@ def resolve_address(address: str | None) -> str:
 
 
 def parse_workers(text: str) -> int | tuple[int, int]:
-    """``"4"`` → 4 fixed workers; ``"1-2"`` → elastic ``(min, max)`` workers."""
-    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
-    if not match:
-        raise JobError(f"--workers: expected N or MIN-MAX (e.g. 4 or 1-4), got {text!r}")
-    low = int(match.group(1))
-    if match.group(2) is None:
-        if low < 1:
-            raise JobError(f"--workers: must be >= 1, got {text!r}")
-        return low
-    high = int(match.group(2))
-    if not 1 <= low <= high:
-        raise JobError(f"--workers: need 1 <= MIN <= MAX, got {text!r}")
-    return low, high
+    """``"4"`` → 4 fixed workers; ``"1-2"`` → elastic ``(min, max)`` workers (as ``launch.py``)."""
+    from srgan_dist.config import ConfigError
+    from srgan_dist.config import parse_workers as parse
+
+    try:
+        return parse(text)
+    except ConfigError as error:
+        raise JobError(str(error)) from None
 
 
 def submission_id_for(name: str, now: dt.datetime | None = None) -> str:

@@ -39,13 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def workers_overrides(text: str) -> list[str]:
     """``"4"`` → a fixed size; ``"2-8"`` → an elastic range."""
-    from srgan_dist.config import ConfigError
+    from srgan_dist.config import parse_workers
 
-    low, dash, high = text.partition("-")
-    if not (low.isdigit() and (not dash or high.isdigit())):
-        raise ConfigError(f"--workers: expected N or MIN-MAX, got {text!r}")
-    if not dash:
-        return [f"scaling.num_workers={low}", "scaling.min_workers=0"]
+    workers = parse_workers(text)
+    if isinstance(workers, int):
+        return [f"scaling.num_workers={workers}", "scaling.min_workers=0"]
+    low, high = workers
     return [f"scaling.num_workers={high}", f"scaling.min_workers={low}"]
 
 
