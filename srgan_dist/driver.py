@@ -247,32 +247,16 @@ def export_stage_generator(
 ) -> tuple[Path, dict[str, Any]]:
     """Write ``generator_<stage>.safetensors`` from the stage's final checkpoint."""
     from srgan_dist.train import checkpoint as ckpt
-    from srgan_dist.train.loop import build_trainables
 
     if result.checkpoint is None:
         raise RunError(f"stage {stage} finished without a checkpoint; see the log above")
     with result.checkpoint.as_directory() as directory:
         state = ckpt.load_checkpoint(Path(directory), stage)
-    m = cfg.model
-    spec = GeneratorSpec(
-        scale=m.scale,
-        num_blocks=m.num_blocks,
-        channels=m.channels,
-        norm=m.norm,
-        global_skip=m.global_skip,
-        stage=stage,
-        step=int(state["step"]),
-    )
-    generator = build_trainables(cfg, "srresnet", device=_cpu()).generator
+    spec = GeneratorSpec.from_model_config(cfg.model, stage=stage, step=int(state["step"]))
+    generator = spec.build()
     generator.load_state_dict(state["trainables"]["generator"])
     path = save_generator(generator, spec, run_dir / f"generator_{stage}.safetensors")
     return path, dict(result.metrics or {})
-
-
-def _cpu():
-    import torch
-
-    return torch.device("cpu")
 
 
 def stage_summary(cfg: Config, stage: str, metrics: dict[str, Any], wall_time_s: float) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from srgan_dist.config import ModelConfig
 from srgan_dist.models import Generator
 
 FORMAT = "srgan-dist-generator"
@@ -38,6 +39,24 @@ class GeneratorSpec:
     global_skip: str = "none"
     stage: str = ""
     step: int = 0
+
+    @classmethod
+    def from_model_config(cls, model: ModelConfig, stage: str = "", step: int = 0) -> GeneratorSpec:
+        """The generator a run's ``model`` config section describes."""
+        return cls(
+            scale=model.scale,
+            num_blocks=model.num_blocks,
+            channels=model.channels,
+            norm=model.norm,
+            global_skip=model.global_skip,
+            stage=stage,
+            step=step,
+        )
+
+    def same_model(self, other: GeneratorSpec) -> bool:
+        """Same architecture (weights of one load into the other), whatever stage or step."""
+        architecture = ("scale", "num_blocks", "channels", "norm", "global_skip")
+        return all(getattr(self, key) == getattr(other, key) for key in architecture)
 
     def build(self) -> Generator:
         return Generator(

@@ -35,7 +35,7 @@ from torchvision.utils import make_grid
 from srgan_dist.config import Config, config_from_dict, to_yaml
 from srgan_dist.data import build_train_loader, build_val_set
 from srgan_dist.data.resize import bicubic_upscale
-from srgan_dist.generator_io import load_generator
+from srgan_dist.generator_io import GeneratorSpec, load_generator
 from srgan_dist.losses import PerceptualLoss
 from srgan_dist.metrics import psnr_y, ssim_y
 from srgan_dist.models import Discriminator, Generator, VGGFeatures, generator_output_to_unit
@@ -84,9 +84,7 @@ def build_trainables(cfg: Config, stage: str, device: torch.device) -> Trainable
     """Models, Adam (beta1 = 0.9) and the step-wise multi-step lr schedule of ``stage``."""
     stage_cfg = cfg.stage(stage)
     m = cfg.model
-    generator = Generator(
-        num_blocks=m.num_blocks, channels=m.channels, scale=m.scale, norm=m.norm, global_skip=m.global_skip
-    ).to(device)
+    generator = GeneratorSpec.from_model_config(m).build().to(device)
 
     def adam(model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
         optimizer = torch.optim.Adam(model.parameters(), lr=stage_cfg.lr, betas=(0.9, 0.999))
@@ -106,9 +104,7 @@ def build_trainables(cfg: Config, stage: str, device: torch.device) -> Trainable
 def load_handoff_generator(generator: Generator, path: str, cfg: Config) -> None:
     """Initialise ``generator`` from the previous stage's exported weights."""
     loaded, spec = load_generator(path)
-    m = cfg.model
-    wanted = (m.scale, m.num_blocks, m.channels, m.norm, m.global_skip)
-    if (spec.scale, spec.num_blocks, spec.channels, spec.norm, spec.global_skip) != wanted:
+    if not spec.same_model(GeneratorSpec.from_model_config(cfg.model)):
         raise ValueError(f"{path}: generator {spec} does not match model config {cfg.model}")
     generator.load_state_dict(loaded.state_dict())
 
