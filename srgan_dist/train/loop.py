@@ -40,7 +40,7 @@ from srgan_dist.losses import PerceptualLoss
 from srgan_dist.metrics import psnr_y, ssim_y
 from srgan_dist.models import Discriminator, Generator, VGGFeatures, generator_output_to_unit
 from srgan_dist.models.vgg import load_vgg19_features
-from srgan_dist.monitor import NullMonitor, make_monitor
+from srgan_dist.monitor import make_monitor
 from srgan_dist.train import checkpoint as ckpt
 from srgan_dist.train.steps import StepContext, srgan_step, srresnet_step
 
@@ -454,4 +454,4 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         monitor.close()
 
 
-__all__ = ["NONFINITE_FILE", "NullMonitor", "Trainables", "build_trainables", "train_loop_per_worker"]
+__all__ = ["NONFINITE_FILE", "Trainables", "build_trainables", "train_loop_per_worker"]
