@@ -24,25 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 from torch import nn
-from torchvision.utils import make_grid
 
 from srgan_dist.config import Config, config_from_dict, to_yaml
 from srgan_dist.data import build_train_loader, build_val_set
-from srgan_dist.data.resize import bicubic_upscale
 from srgan_dist.generator_io import GeneratorSpec, load_generator
 from srgan_dist.losses import PerceptualLoss
-from srgan_dist.metrics import psnr_y, ssim_y
-from srgan_dist.models import Discriminator, Generator, VGGFeatures, generator_output_to_unit
+from srgan_dist.models import Discriminator, Generator, VGGFeatures
 from srgan_dist.models.vgg import load_vgg19_features
 from srgan_dist.monitor import make_monitor
 from srgan_dist.train import checkpoint as ckpt
 from srgan_dist.train.steps import StepContext, srgan_step, srresnet_step
+from srgan_dist.train.validation import Validator
 
 NONFINITE_FILE = "nonfinite.json"
 
@@ -107,75 +104,6 @@ def load_handoff_generator(generator: Generator, path: str, cfg: Config) -> None
     if not spec.same_model(GeneratorSpec.from_model_config(cfg.model)):
         raise ValueError(f"{path}: generator {spec} does not match model config {cfg.model}")
     generator.load_state_dict(loaded.state_dict())
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation
-
-
-def _to_uint8(image_1CHW: torch.Tensor) -> np.ndarray:
-    return (image_1CHW[0].permute(1, 2, 0).cpu().float().numpy() * 255).round().clip(0, 255).astype(np.uint8)
-
-
-class Validator:
-    """PSNR/SSIM (Y, border = scale) of the model and of bicubic on this rank's validation shard,
-    plus (rank 0) an image grid bicubic | SR | HR of centre crops of the first validation images.
-
-    Bicubic numbers never change, so they are computed once.
-    """
-
-    def __init__(self, val_set: list, grid_set: list, scale: int, device: torch.device, grid_crop: int):
-        self.val_set = val_set
-        self.scale = scale
-        self.device = device
-        sizes = [min(item.hr.shape[-2:]) for item in grid_set] or [0]
-        crop = min(grid_crop, *sizes) // scale * scale
-        self.grid_pairs = [self._centre_crops(item, crop) for item in grid_set] if crop else []
-        self.bicubic: list[tuple[float, float]] = []
-        for item in val_set:
-            hr = _to_uint8(item.hr)
-            bicubic = bicubic_upscale(_to_uint8(item.lr), scale)
-            self.bicubic.append((psnr_y(bicubic, hr, scale), ssim_y(bicubic, hr, scale)))
-
-    def _centre_crops(self, item, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        height, width = item.hr.shape[-2:]
-        top, left = (height - crop) // 2 // self.scale, (width - crop) // 2 // self.scale
-        small = crop // self.scale
-        lr = item.lr[..., top : top + small, left : left + small]
-        hr = item.hr[
-            ...,
-            top * self.scale : (top + small) * self.scale,
-            left * self.scale : (left + small) * self.scale,
-        ]
-        return lr, hr
-
-    @torch.inference_mode()
-    def run(self, generator: nn.Module, autocast) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return (sums tensor [psnr, ssim, bicubic psnr, bicubic ssim, count], grid or None)."""
-        was_training = generator.training
-        generator.eval()
-
-        def upscale(lr: torch.Tensor) -> np.ndarray:
-            with autocast():
-                sr = generator(lr.to(self.device))
-            return _to_uint8(generator_output_to_unit(sr.float()))
-
-        sums = torch.zeros(5, dtype=torch.float64)
-        for item, (bic_psnr, bic_ssim) in zip(self.val_set, self.bicubic, strict=True):
-            sr, hr = upscale(item.lr), _to_uint8(item.hr)
-            metrics = [psnr_y(sr, hr, self.scale), ssim_y(sr, hr, self.scale), bic_psnr, bic_ssim, 1.0]
-            sums += torch.tensor(metrics, dtype=torch.float64)
-        tiles = []
-        for lr, hr in self.grid_pairs:
-            bicubic = bicubic_upscale(_to_uint8(lr), self.scale)
-            tiles += [_to_unit_tensor(bicubic), _to_unit_tensor(upscale(lr)), _to_unit_tensor(_to_uint8(hr))]
-        generator.train(was_training)
-        grid = make_grid(tiles, nrow=3, padding=4, pad_value=1.0) if tiles else None
-        return sums, grid
-
-
-def _to_unit_tensor(image_HWC: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image_HWC.copy()).permute(2, 0, 1).float() / 255
 
 
 # ---------------------------------------------------------------------------------------------
