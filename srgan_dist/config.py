@@ -247,6 +247,10 @@ class TrainConfig:
     """With ``on_nonfinite=skip``: stop anyway after this many skipped steps in a stage."""
     max_failures: int = 2
     """Ray Train restarts the worker group from the latest checkpoint up to this many times."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the generator weights with this decay (e.g. 0.999;
+    warmed up as min(decay, (1 + t) / (10 + t))); validation scores it and stage exports hold it.
+    0 turns it off."""
 
     def __post_init__(self) -> None:
         _require(len(self.stages) >= 1, "train.stages", "must name at least one stage")
@@ -258,6 +262,7 @@ class TrainConfig:
         )
         _require(self.max_nonfinite_skips >= 0, "train.max_nonfinite_skips", "must be >= 0")
         _require(self.max_failures >= -1, "train.max_failures", "must be >= -1 (-1 = unlimited)")
+        _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
 
 
 @dataclass(kw_only=True)
@@ -326,6 +331,32 @@ class Config:
         return getattr(self, name)
 
 
+# What a resumed run may not change: the model and its losses, the EMA, and each stage's schedule.
+# Everything else (data paths that were re-mounted, worker count, intervals, loader options) may.
+FROZEN_ON_RESUME: tuple[str, ...] = (
+    "model",
+    "loss",
+    "train.ema_decay",
+    *(f"{stage}.{key}" for stage in STAGE_NAMES for key in ("iterations", "lr", "lr_milestones", "lr_gamma")),
+)
+
+
+def frozen_changes(old: Config, new: Config) -> list[str]:
+    """``key: old -> new`` for every ``FROZEN_ON_RESUME`` key that differs (stages ``old`` ran)."""
+    old_dict, new_dict = to_dict(old), to_dict(new)
+    changes = []
+    for key in FROZEN_ON_RESUME:
+        section, _, leaf = key.partition(".")
+        if section in STAGE_NAMES and section not in old.train.stages:
+            continue
+        before, after = old_dict[section], new_dict[section]
+        if leaf:
+            before, after = before[leaf], after[leaf]
+        if before != after:
+            changes.append(f"{key}: {before} -> {after}")
+    return changes
+
+
 # ---------------------------------------------------------------------------------------------
 # Building the tree from plain dicts (YAML) with strict key and type checks.
 
@@ -341,12 +372,11 @@ def _check_value(value: Any, hint: Any, key: str) -> Any:
         _require(value in choices, key, f"must be one of {list(choices)}, got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in typing.get_args(hint):
             try:
                 return _check_value(value, option, key)
-            except ConfigError as error:
-                errors.append(str(error))
+            except ConfigError:
+                continue
         raise ConfigError(f"{key}: {value!r} matches none of {hint}")
     if origin is list:
         _require(isinstance(value, list), key, f"must be a list, got {type(value).__name__}")

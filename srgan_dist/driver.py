@@ -13,9 +13,7 @@
    file to the next stage;
 5. keeps ``summary.json`` up to date after each stage.
 
-Run directory ``<storage>/<name>/``: ``config.yaml``, ``tensorboard/<stage>/``,
-``<name>-<stage>/`` (Ray Train's checkpoints), ``generator_<stage>.safetensors`` (+ ``.json``),
-``summary.json``.
+The run directory's layout is spelled in ``srgan_dist/rundir.py``.
 """
 
 from __future__ import annotations
@@ -29,63 +27,58 @@ from typing import Any
 
 import yaml
 
-from srgan_dist.config import Config, ConfigError, config_from_dict, resolve_paths, to_dict, to_yaml
+from srgan_dist.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    frozen_changes,
+    resolve_paths,
+    to_dict,
+    to_yaml,
+)
 from srgan_dist.generator_io import GeneratorSpec, save_generator
+from srgan_dist.rundir import RunDir, generator_file_name
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
-# Stage folders may change between runs of the same name without breaking a resume: data paths
-# (re-mounted), worker count, intervals and loader options. Anything else must match.
-RESUMABLE_SECTIONS_THAT_MUST_MATCH = ("model", "loss")
 
 
 class RunError(RuntimeError):
     """The run cannot go on as asked; the message says what to do."""
 
 
-def run_dir_of(cfg: Config) -> Path:
+def run_dir_of(cfg: Config) -> RunDir:
     if "://" in cfg.run.storage:
         raise ConfigError(
             f"run.storage: {cfg.run.storage!r} is a URI; srgan-dist writes TensorBoard logs, generators and "
             "summary.json into the run directory, so it needs a filesystem path (local, or a shared mount "
             "such as NFS on multi-node clusters)"
         )
-    return Path(cfg.run.storage) / cfg.run.name
+    return RunDir.of(cfg.run.storage, cfg.run.name)
 
 
 # ---------------------------------------------------------------------------------------------
 # Pre-flight: everything that can fail without Ray.
 
 
-def check_run_directory(cfg: Config, run_dir: Path, resume: bool) -> None:
-    """A new run must not overwrite an old one; a resumed run must train the same model."""
-    saved = run_dir / CONFIG_FILE
+def check_run_directory(cfg: Config, run_dir: RunDir, resume: bool) -> None:
+    """A new run must not overwrite an old one; a resumed run must keep what is frozen on resume."""
+    saved = run_dir.config_file
     if not saved.is_file():
         return
     if not resume:
         raise RunError(
-            f"run directory {run_dir} already holds a run. Pass --resume to continue it, or choose "
+            f"run directory {run_dir.root} already holds a run. Pass --resume to continue it, or choose "
             "another --name (nothing was changed)"
         )
-    old = config_from_dict(yaml.safe_load(saved.read_text()))
-    old_dict, new_dict = to_dict(old), to_dict(cfg)
-    for section in RESUMABLE_SECTIONS_THAT_MUST_MATCH:
-        if old_dict[section] != new_dict[section]:
-            raise RunError(
-                f"--resume: `{section}` differs from the run's {saved}; a resumed run must train the same "
-                f"model with the same losses.\n  saved: {old_dict[section]}\n  now:   {new_dict[section]}"
-            )
-    old_stages = {name: old_dict[name] for name in old.train.stages}
-    for name, old_stage in old_stages.items():
-        new_stage = new_dict[name]
-        for key in ("iterations", "lr", "lr_milestones", "lr_gamma"):
-            if old_stage[key] != new_stage[key]:
-                raise RunError(f"--resume: {name}.{key} changed from {old_stage[key]} to {new_stage[key]}")
+    changes = frozen_changes(config_from_dict(yaml.safe_load(saved.read_text())), cfg)
+    if changes:
+        raise RunError(
+            f"--resume: a resumed run must train the same model with the same losses, EMA and "
+            f"schedules as {saved}; changed:\n  " + "\n  ".join(changes)
+        )
 
 
-def scan_data(cfg: Config, run_dir: Path) -> tuple[list[str], list[str]]:
+def scan_data(cfg: Config, run_dir: RunDir) -> tuple[list[str], list[str]]:
     """Validate every training and validation image; return the usable (train, val) paths."""
     from srgan_dist.data import scan_images
 
@@ -93,7 +86,7 @@ def scan_data(cfg: Config, run_dir: Path) -> tuple[list[str], list[str]]:
         raise ConfigError(
             "data.train: not set; give a folder or list file, e.g. data.train=/data/DIV2K_train_HR"
         )
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / ".scan_cache"
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir.scan_cache
     min_patch = max(cfg.stage(name).hr_patch_size for name in cfg.train.stages)
     train = scan_images(
         cfg.data.train, role="data.train", min_side=min_patch, data_cfg=cfg.data, cache_dir=cache_dir
@@ -185,7 +178,7 @@ def workers_setting(cfg: Config) -> int | tuple[int, int]:
 def run_stage(
     cfg: Config,
     stage: str,
-    run_dir: Path,
+    run_dir: RunDir,
     train_files: list[str],
     val_files: list[str],
     init_generator: Path | None,
@@ -202,7 +195,7 @@ def run_stage(
     loop_config = {
         "config": to_dict(cfg),
         "stage": stage,
-        "run_dir": str(run_dir),
+        "run_dir": str(run_dir.root),
         "train_files": train_files,
         "val_files": val_files,
         "init_generator": str(init_generator) if init_generator else None,
@@ -218,8 +211,8 @@ def run_stage(
             placement_strategy=cfg.scaling.placement_strategy,
         ),
         run_config=RunConfig(
-            name=f"{cfg.run.name}-{stage}",
-            storage_path=str(run_dir),
+            name=run_dir.ray_run_name(stage),
+            storage_path=str(run_dir.root),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=stage_cfg.num_to_keep),
         ),
@@ -231,22 +224,23 @@ def run_stage(
 # Stage results
 
 
-def load_summary(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / SUMMARY_FILE
+def load_summary(run_dir: RunDir) -> dict[str, Any]:
+    path = run_dir.summary_file
     return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
 
 
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    tmp = run_dir / (SUMMARY_FILE + ".tmp")
+def write_summary(run_dir: RunDir, summary: dict[str, Any]) -> None:
+    tmp = run_dir.summary_file.with_name(run_dir.summary_file.name + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(run_dir / SUMMARY_FILE)
+    tmp.replace(run_dir.summary_file)
 
 
 def export_stage_generator(
-    cfg: Config, stage: str, result: Any, run_dir: Path
+    cfg: Config, stage: str, result: Any, run_dir: RunDir
 ) -> tuple[Path, dict[str, Any]]:
-    """Write ``generator_<stage>.safetensors`` from the stage's final checkpoint."""
+    """Write ``generator_<stage>.safetensors`` (the EMA when kept) from the stage's final checkpoint."""
     from srgan_dist.train import checkpoint as ckpt
+    from srgan_dist.train.trainer import generator_weights_to_export
 
     if result.checkpoint is None:
         raise RunError(f"stage {stage} finished without a checkpoint; see the log above")
@@ -254,8 +248,8 @@ def export_stage_generator(
         state = ckpt.load_checkpoint(Path(directory), stage)
     spec = GeneratorSpec.from_model_config(cfg.model, stage=stage, step=int(state["step"]))
     generator = spec.build()
-    generator.load_state_dict(state["trainables"]["generator"])
-    path = save_generator(generator, spec, run_dir / f"generator_{stage}.safetensors")
+    generator.load_state_dict(generator_weights_to_export(state))
+    path = save_generator(generator, spec, run_dir.generator(stage))
     return path, dict(result.metrics or {})
 
 
@@ -270,8 +264,9 @@ def stage_summary(cfg: Config, stage: str, metrics: dict[str, Any], wall_time_s:
         "val_psnr": metrics.get("val/psnr"),
         "val_ssim": metrics.get("val/ssim"),
         "val_psnr_bicubic": metrics.get("val/psnr_bicubic"),
+        **({"val_psnr_raw": metrics["val/psnr_raw"]} if "val/psnr_raw" in metrics else {}),
         "val_ssim_bicubic": metrics.get("val/ssim_bicubic"),
-        "generator": f"generator_{stage}.safetensors",
+        "generator": generator_file_name(stage),
     }
 
 
@@ -290,47 +285,45 @@ def run_training(
     check_vgg(cfg)
     print(f"Data: {len(train_files)} training image(s), {len(val_files)} validation image(s)", flush=True)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(to_yaml(cfg))
-    print(f"Run directory: {run_dir}", flush=True)
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    run_dir.config_file.write_text(to_yaml(cfg))
+    print(f"Run directory: {run_dir.root}", flush=True)
     print(
-        f"TensorBoard:   tensorboard --logdir {run_dir / 'tensorboard'}   (or: srgan-dist tensorboard {run_dir})"
+        f"TensorBoard:   tensorboard --logdir {run_dir.tensorboard_root}   "
+        f"(or: srgan-dist tensorboard {run_dir.root})"
     )
 
     summary = load_summary(run_dir)
-    summary["run"] = {"name": cfg.run.name, "run_dir": str(run_dir)}
+    summary["run"] = {"name": cfg.run.name, "run_dir": str(run_dir.root)}
 
     def finished(stage: str) -> bool:
-        exported = run_dir / f"generator_{stage}.safetensors"
-        return bool(summary["stages"].get(stage, {}).get("completed")) and exported.is_file()
+        return bool(summary["stages"].get(stage, {}).get("completed")) and run_dir.generator(stage).is_file()
 
     use_gpu = False
     if not all(finished(stage) for stage in cfg.train.stages):  # nothing left: no Ray needed
         connect_ray(address, cfg.scaling.num_workers, cfg.scaling.cpus_per_worker)
         use_gpu = decide_gpu(cfg)
 
-    from srgan_dist.train.loop import NONFINITE_FILE
-
     previous_generator: Path | None = None
     for stage in cfg.train.stages:
-        exported = run_dir / f"generator_{stage}.safetensors"
         if finished(stage):
-            print(f"Stage {stage}: already finished, skipping ({exported.name})", flush=True)
-            previous_generator = exported
+            print(f"Stage {stage}: already finished, skipping ({run_dir.generator(stage).name})", flush=True)
+            previous_generator = run_dir.generator(stage)
             continue
         print(f"Stage {stage}: {cfg.stage(stage).iterations} steps", flush=True)
-        (run_dir / stage / NONFINITE_FILE).unlink(missing_ok=True)
+        nonfinite = run_dir.nonfinite_marker(stage)
+        nonfinite.unlink(missing_ok=True)
         started = time.perf_counter()
         result = run_stage(
             cfg, stage, run_dir, train_files, val_files, previous_generator, use_gpu, test_hooks
         )
-        nonfinite = run_dir / stage / NONFINITE_FILE
         if nonfinite.is_file():
             info = json.loads(nonfinite.read_text())
             raise RunError(
-                f"stage {stage}: non-finite loss at step {info['step']} ({info['losses']}); stopped without "
-                f"saving that state. The last checkpoint (step {info['last_checkpoint_step']}) is kept. Lower "
-                f"{stage}.lr, or set train.on_nonfinite=skip, then run again with --resume"
+                f"stage {stage}: non-finite loss at step {info['step']} ({info['skipped_steps']} step(s) "
+                f"skipped in this stage); stopped without saving that state. The last checkpoint (step "
+                f"{info['last_checkpoint_step']}) is kept. Lower {stage}.lr, or set "
+                "train.on_nonfinite=skip, then run again with --resume"
             )
         previous_generator, metrics = export_stage_generator(cfg, stage, result, run_dir)
         summary["stages"][stage] = stage_summary(cfg, stage, metrics, time.perf_counter() - started)

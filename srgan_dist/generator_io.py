@@ -18,6 +18,7 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from srgan_dist.config import ModelConfig
 from srgan_dist.models import Generator
+from srgan_dist.rundir import RunDir
 
 FORMAT = "srgan-dist-generator"
 FORMAT_VERSION = 1
@@ -155,14 +156,13 @@ def find_generator(weights: str | Path, stage: str | None = None) -> Path:
     if not weights.is_dir():
         raise WeightsError(f"--weights {weights}: no such file or run directory")
     if stage is not None:
-        candidate = weights / f"generator_{stage}.safetensors"
+        candidate = RunDir(weights).generator(stage)
         if not candidate.is_file():
             raise WeightsError(f"{weights}: has no {candidate.name} (stage {stage!r} not exported)")
         return candidate
-    for name in ("srgan", "srresnet"):  # the later stage is the final model
-        candidate = weights / f"generator_{name}.safetensors"
-        if candidate.is_file():
-            return candidate
+    final = RunDir(weights).final_generator()
+    if final is not None:
+        return final
     raise WeightsError(f"{weights}: no generator_<stage>.safetensors in this run directory yet")
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from srgan_dist.rundir import join_run_location
+
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 
 # Never uploaded with the working dir (gitignore-style, relative to it). Ray also honours the
@@ -234,7 +236,7 @@ def build_training_job(
         overrides=list(overrides),
         python=python,
     )
-    run_dir = f"{storage.rstrip('/')}/{name}"
+    run_dir = join_run_location(storage, name)
     job = build_command_job(
         entrypoint=entrypoint,
         name=name,

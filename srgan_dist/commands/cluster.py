@@ -16,6 +16,8 @@ import json
 import shlex
 import sys
 
+from srgan_dist.rundir import TENSORBOARD_DIR
+
 ADDRESS_HELP = "job server URL (default: $RAY_ADDRESS, else http://127.0.0.1:8265)"
 
 
@@ -177,7 +179,7 @@ def run_submit(args: argparse.Namespace) -> int:
     if request.run_dir:
         print(f"  run dir:      {request.run_dir}")
         print(
-            f"  TensorBoard:  tensorboard --logdir {shlex.quote(request.run_dir + '/tensorboard')} --host 127.0.0.1"
+            f"  TensorBoard:  tensorboard --logdir {shlex.quote(request.run_dir + '/' + TENSORBOARD_DIR)} --host 127.0.0.1"
         )
     sys.stdout.flush()
     if not args.wait:

@@ -8,13 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from srgan_dist.rundir import RunDir
+
 
 def tensorboard_command(run_dir: Path, host: str, port: int) -> tuple[list[str], Path]:
     """The TensorBoard command line for ``<run_dir>/tensorboard`` (or ``run_dir`` itself if it is
     a plain logdir), and that logdir."""
-    logdir = (
-        run_dir / "tensorboard" if (run_dir / "tensorboard").is_dir() or not run_dir.exists() else run_dir
-    )
+    runs_logdir = RunDir(run_dir).tensorboard_root
+    logdir = runs_logdir if runs_logdir.is_dir() or not run_dir.exists() else run_dir
     command = [
         sys.executable,
         "-m",

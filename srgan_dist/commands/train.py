@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         if args.tensorboard:
             from srgan_dist.commands.tensorboard import start_tensorboard
 
-            server = start_tensorboard(run_dir_of(cfg).resolve(), host="127.0.0.1", port=6006)
+            server = start_tensorboard(run_dir_of(cfg).root.resolve(), host="127.0.0.1", port=6006)
         run_training(cfg, resume=args.resume, address=args.address)
     except (ConfigError, DataError, RunError, VGGWeightsUnavailable, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)

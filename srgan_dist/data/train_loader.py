@@ -98,11 +98,13 @@ class _PilPairs(torch.utils.data.Dataset):
 
 
 class _EndlessBatches(torch.utils.data.Sampler):
-    """Yields batches of ``(file_index, sample_seed)`` for epoch ``start_epoch``, ``+1``, ... forever."""
+    """Yields batches of ``(file_index, sample_seed)`` for epoch ``start_epoch``, ``+1``, ... forever,
+    starting at batch ``start_position`` of the first epoch."""
 
-    def __init__(self, num_files, *, rank, world_size, batch_size, seed, start_epoch):
+    def __init__(self, num_files, *, rank, world_size, batch_size, seed, start_epoch, start_position=0):
         self.num_files, self.rank, self.world_size = num_files, rank, world_size
         self.batch_size, self.seed, self.start_epoch = batch_size, seed, start_epoch
+        self.start_position = start_position
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         epoch = self.start_epoch
@@ -116,13 +118,25 @@ class _EndlessBatches(torch.utils.data.Sampler):
                 epoch=epoch,
             )
             items = [(i, derive_seed(self.seed, self.rank, epoch, k)) for k, i in enumerate(indices)]
-            for start in range(0, len(items), self.batch_size):
+            skip = self.start_position * self.batch_size if epoch == self.start_epoch else 0
+            for start in range(skip, len(items), self.batch_size):
                 yield items[start : start + self.batch_size]
             epoch += 1
 
 
 def _pil_batches(
-    files, *, scale, hr_patch_size, batch_size, rank, world_size, device, seed, num_threads, start_epoch
+    files,
+    *,
+    scale,
+    hr_patch_size,
+    batch_size,
+    rank,
+    world_size,
+    device,
+    seed,
+    num_threads,
+    start_epoch,
+    start_position,
 ):
     sampler = _EndlessBatches(
         len(files),
@@ -131,6 +145,7 @@ def _pil_batches(
         batch_size=batch_size,
         seed=seed,
         start_epoch=start_epoch,
+        start_position=start_position,
     )
     loader = torch.utils.data.DataLoader(
         _PilPairs(files, scale, hr_patch_size),
@@ -144,7 +159,18 @@ def _pil_batches(
 
 
 def _dali_batches(
-    files, *, scale, hr_patch_size, batch_size, rank, world_size, device, seed, num_threads, start_epoch
+    files,
+    *,
+    scale,
+    hr_patch_size,
+    batch_size,
+    rank,
+    world_size,
+    device,
+    seed,
+    num_threads,
+    start_epoch,
+    start_position,
 ):
     from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
@@ -178,6 +204,10 @@ def _dali_batches(
     )
     expected = batches_per_epoch(len(files), world_size, batch_size)
     assert len(iterator) == expected, (len(iterator), expected)
+    # DALI cannot seek: run the batches before the resume point (at most one epoch's worth), so
+    # the pipeline's random state is exactly where an uninterrupted run had it.
+    for _ in range(start_position):
+        next(iterator)
     try:
         while True:
             for outputs in iterator:
@@ -190,15 +220,24 @@ class TrainLoader:
     """Endless iterator of ``(lr_BCHW, hr_BCHW)`` that knows its epoch and position.
 
     ``position`` counts the batches consumed in ``epoch``; after ``batches_per_epoch`` of them the
-    epoch advances. ``state_dict()`` is what a checkpoint keeps; resuming passes its ``epoch`` as
-    ``start_epoch`` (the loader restarts at that epoch's beginning).
+    epoch advances. ``state_dict()`` is what a checkpoint keeps; resuming passes its ``epoch`` and
+    ``position`` as ``start_epoch`` and ``start_position``, and the next batch is the one an
+    uninterrupted run would have drawn.
     """
 
-    def __init__(self, batches: Iterator, *, kind: LoaderKind, batches_per_epoch: int, start_epoch: int):
+    def __init__(
+        self,
+        batches: Iterator,
+        *,
+        kind: LoaderKind,
+        batches_per_epoch: int,
+        start_epoch: int,
+        start_position: int = 0,
+    ):
         self.kind = kind
         self.batches_per_epoch = batches_per_epoch
         self.epoch = start_epoch
-        self.position = 0
+        self.position = start_position
         self._batches = batches
 
     def __iter__(self) -> TrainLoader:
@@ -243,6 +282,7 @@ def build_train_loader(
     seed: int,
     num_threads: int,
     start_epoch: int = 0,
+    start_position: int = 0,
 ) -> TrainLoader:
     """The training batches of rank ``rank`` of ``world_size`` (see the module docstring)."""
     if not files:
@@ -280,6 +320,7 @@ def build_train_loader(
         seed=seed,
         num_threads=num_threads,
         start_epoch=start_epoch,
+        start_position=start_position,
     )
     where = f"{'GPU decode' if device.type == 'cuda' and loader == 'dali' else 'CPU decode'} on {device}"
     log.info(
@@ -296,4 +337,5 @@ def build_train_loader(
         kind=loader,
         batches_per_epoch=batches_per_epoch(len(files), world_size, batch_size),
         start_epoch=start_epoch,
+        start_position=start_position,
     )

@@ -1,12 +1,14 @@
 """Training checkpoints: one ``step-NNNNNNNN/`` folder per save, managed by Ray Train.
 
 A checkpoint folder holds
-- ``state.pt``: models, optimizers, schedulers, step, data position, RNG states, wall time —
-  tensors and plain Python only, so it loads with ``torch.load(weights_only=True)``;
+- ``state.pt``: ``StageTrainer.state_dict()`` — models, optimizers, schedulers, the generator
+  EMA, step, data position, wall time — tensors and plain Python only, so it loads with
+  ``torch.load(weights_only=True)``;
 - ``config.yaml``: the resolved run config;
 - ``meta.json``: format version, stage and step, readable without torch.
 
 bf16 autocast needs no gradient scaler, so none is stored (``amp: bf16`` is the only AMP mode).
+No RNG state is stored: every step seeds its random streams from (seed, rank, step).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_FORMAT_VERSION = 1
+from srgan_dist.rundir import CONFIG_FILE
+
+CHECKPOINT_FORMAT_VERSION = 2  # 2: EMA added, RNG state dropped (1 still loads)
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
-CONFIG_FILE = "config.yaml"
 
 
 class CheckpointError(ValueError):
@@ -61,16 +64,3 @@ def load_checkpoint(directory: Path, stage: str) -> dict[str, Any]:
         return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises pickle/zip/runtime errors for damaged files
         raise CheckpointError(f"{directory / STATE_FILE}: cannot be loaded ({error})") from error
-
-
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,93 @@
+"""The run directory ``<storage>/<name>/``: the one place that spells its layout.
+
+Everything a run writes, and everything that reads a finished run, names files through
+:class:`RunDir`::
+
+    <storage>/<name>/
+      config.yaml                      the resolved config (written when training really starts)
+      summary.json                     per stage: steps, wall time, samples/s, validation numbers
+      tensorboard/<stage>/             rank 0's TensorBoard events, one sub-folder per stage
+      <name>-<stage>/step-NNNNNNNN/    Ray Train's checkpoints of each stage
+      <stage>/nonfinite.json           why a stage stopped on a non-finite loss (only then)
+      generator_<stage>.safetensors    the stage's generator (+ generator_<stage>.json sidecar)
+      .scan_cache/                     pre-flight scan results (unless data.cache_dir is set)
+
+This module is plain path logic (no torch, no Ray) so the CLI, the job client and the workers
+all agree on names without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tensorboard"
+NONFINITE_FILE = "nonfinite.json"
+SCAN_CACHE_DIR = ".scan_cache"
+# The final model of a run is the last stage it exported; later stages first.
+STAGES_LAST_FIRST = ("srgan", "srresnet")
+
+
+def generator_file_name(stage: str) -> str:
+    return f"generator_{stage}.safetensors"
+
+
+def join_run_location(storage: str, name: str) -> str:
+    """``<storage>/<name>`` as text, for messages and job metadata (the storage may be remote)."""
+    return f"{storage.rstrip('/')}/{name}"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside one run directory; ``root.name`` is the run name."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, storage: str | Path, name: str) -> RunDir:
+        return cls(Path(storage) / name)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / CONFIG_FILE
+
+    @property
+    def summary_file(self) -> Path:
+        return self.root / SUMMARY_FILE
+
+    @property
+    def tensorboard_root(self) -> Path:
+        return self.root / TENSORBOARD_DIR
+
+    @property
+    def scan_cache(self) -> Path:
+        return self.root / SCAN_CACHE_DIR
+
+    def tensorboard(self, stage: str) -> Path:
+        return self.tensorboard_root / stage
+
+    def generator(self, stage: str) -> Path:
+        return self.root / generator_file_name(stage)
+
+    def ray_run_name(self, stage: str) -> str:
+        """Ray Train's ``RunConfig.name`` of a stage; its checkpoints live in ``root / <this>``."""
+        return f"{self.name}-{stage}"
+
+    def checkpoints(self, stage: str) -> Path:
+        return self.root / self.ray_run_name(stage)
+
+    def nonfinite_marker(self, stage: str) -> Path:
+        return self.root / stage / NONFINITE_FILE
+
+    def final_generator(self) -> Path | None:
+        """The generator of the last stage exported so far, or None."""
+        for stage in STAGES_LAST_FIRST:
+            if self.generator(stage).is_file():
+                return self.generator(stage)
+        return None

@@ -1,0 +1,44 @@
+"""Fault injection for the restart and non-finite tests (``loop_config["test_hooks"]``).
+
+Never set in normal runs: ``FaultHooks()`` with no hooks does nothing. A hook is
+``{"stage": ..., "step": ..., "rank": optional}``:
+- ``nan``: the HR target of that step becomes NaN (a non-finite loss);
+- ``die``: that rank's process exits after that step, once (``marker`` file = once).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class FaultHooks:
+    hooks: dict[str, Any] = field(default_factory=dict)
+    wait_for_checkpoints: Callable[[], None] = lambda: None
+    """Called before dying: lets the checkpoint reported last be registered, so the death is
+    a crash *between* checkpoints."""
+
+    def _fires(self, name: str, stage: str, step: int, rank: int) -> bool:
+        hook = self.hooks.get(name)
+        return (
+            bool(hook) and hook["stage"] == stage and hook["step"] == step and hook.get("rank", rank) == rank
+        )
+
+    def corrupt_target(self, stage: str, step: int, rank: int, hr: torch.Tensor) -> torch.Tensor:
+        return hr * float("nan") if self._fires("nan", stage, step, rank) else hr
+
+    def after_step(self, stage: str, step: int, rank: int) -> None:
+        if not self._fires("die", stage, step, rank):
+            return
+        marker = Path(self.hooks["die"]["marker"])
+        if marker.exists():
+            return
+        self.wait_for_checkpoints()
+        marker.write_text(f"worker rank {rank} killed at {stage} step {step}\n")
+        os._exit(1)

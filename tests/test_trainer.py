@@ -1,0 +1,226 @@
+"""StageTrainer without Ray: resume continuity, the generator EMA, cadence and state round trips.
+
+The trainer takes its rank, device and a ``report`` function from the Ray entry point, so these
+tests drive it in-process on one CPU rank with a ``report`` that keeps each checkpoint folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_photos
+
+from srgan_dist.config import load_config
+from srgan_dist.rundir import RunDir
+from srgan_dist.train import checkpoint as ckpt
+from srgan_dist.train.ema import GeneratorEMA, warmed_up_decay
+from srgan_dist.train.trainer import Cadence, StageTrainer, generator_weights_to_export
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Crash(Exception):
+    """What the recorder raises to stop a run right after a checkpoint, like a killed worker."""
+
+
+class Recorder:
+    """A ``report`` that copies every checkpoint folder to ``root/<name>`` (what Ray Train does)."""
+
+    def __init__(self, root: Path, crash_at_step: int | None = None):
+        self.root, self.crash_at_step = root, crash_at_step
+        self.metrics: list[dict] = []
+
+    def __call__(self, metrics, directory, name):
+        if directory is not None:
+            shutil.copytree(directory, self.root / name)
+        self.metrics.append(metrics)
+        if metrics["step"] == self.crash_at_step:
+            raise Crash
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, list[str]]:
+    root = tmp_path_factory.mktemp("photos")
+    train = write_photos(root / "train", 7, (48, 48), seed=3)
+    val = write_photos(root / "val", 1, (40, 40), seed=4)
+    return {"train": [str(p) for p in train], "val": [str(p) for p in val]}
+
+
+def tiny_config(tmp_path: Path, *overrides: str):
+    base = [
+        f"run.storage={tmp_path}",
+        "data.loader=pil",
+        "data.num_threads=1",
+        "model.num_blocks=1",
+        "model.channels=8",
+        "model.disc_channels=8",
+        "model.norm=batch",
+        "loss.vgg_weights=random",
+        "scaling.num_workers=1",
+    ]
+    for stage in ("srresnet", "srgan"):
+        base += [
+            f"{stage}.iterations=6",
+            f"{stage}.batch_size=2",
+            f"{stage}.hr_patch_size=32",
+            f"{stage}.log_interval=2",
+            f"{stage}.val_interval=100",
+            f"{stage}.checkpoint_interval=3",
+            f"{stage}.lr=1e-3",
+            f"{stage}.lr_milestones=[4]",
+        ]
+    return load_config(ROOT / "configs" / "demo.yaml", base + list(overrides))
+
+
+def make_trainer(cfg, stage, photos, report, val=False) -> StageTrainer:
+    return StageTrainer(
+        cfg,
+        stage,
+        rank=0,
+        world_size=1,
+        device=torch.device("cpu"),
+        run_dir=RunDir.of(cfg.run.storage, cfg.run.name),
+        train_files=photos["train"],
+        val_files=photos["val"] if val else [],
+        report=report,
+    )
+
+
+def final_state(folder: Path, stage: str) -> dict:
+    return ckpt.load_checkpoint(folder / ckpt.checkpoint_dir_name(6), stage)
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("stage", ["srresnet", "srgan"])
+def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(photos, tmp_path, stage):
+    """6 steps straight vs 3 steps, a crash after the step-3 checkpoint, a resume and 3 more.
+
+    The data position is mid-epoch at step 3 (7 files, batch 2), so this also pins the loader's
+    exact resume; the lr milestone at step 4 pins the scheduler's.
+    """
+    cfg = tiny_config(tmp_path, "train.ema_decay=0.9")
+    init = None
+    if stage == "srgan":  # hand-off: start from an exported generator like the driver does
+        from srgan_dist.generator_io import GeneratorSpec, save_generator
+
+        torch.manual_seed(7)
+        spec = GeneratorSpec.from_model_config(cfg.model, stage="srresnet", step=6)
+        init = str(save_generator(spec.build(), spec, tmp_path / "generator_srresnet.safetensors"))
+
+    straight = Recorder(tmp_path / "straight")
+    trainer = make_trainer(cfg, stage, photos, straight)
+    trainer.restore(None, init)
+    trainer.run()
+
+    crashed = Recorder(tmp_path / "crashed", crash_at_step=3)
+    trainer = make_trainer(cfg, stage, photos, crashed)
+    trainer.restore(None, init)
+    with pytest.raises(Crash):
+        trainer.run()
+    assert crashed.metrics[-1]["step"] == 3
+
+    resumed = Recorder(tmp_path / "crashed")
+    trainer = make_trainer(cfg, stage, photos, resumed)
+    trainer.restore(tmp_path / "crashed" / ckpt.checkpoint_dir_name(3), init)
+    assert trainer.step == 3 and trainer.data_state == {"epoch": 0, "position": 3}  # of 4 batches
+    trainer.run()
+
+    a, b = final_state(tmp_path / "straight", stage), final_state(tmp_path / "crashed", stage)
+    for part, state_a in a["trainables"].items():
+        state_b = b["trainables"][part]
+        if part.startswith("optimizer"):
+            for index, moments in state_a["state"].items():
+                assert_same_tensors(moments, state_b["state"][index])
+        elif part.startswith("scheduler"):
+            assert state_a == state_b
+        else:
+            assert_same_tensors(state_a, state_b)
+    assert_same_tensors(a["ema"]["module"], b["ema"]["module"])
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 6
+    assert a["data"] == b["data"]
+    # And training did something: the weights moved from their start.
+    moved = make_trainer(cfg, stage, photos, Recorder(tmp_path / "unused"))
+    moved.restore(None, init)
+    start = moved.trainables.generator.state_dict()
+    assert any(not torch.equal(start[k], a["trainables"]["generator"][k]) for k in start)
+
+
+def test_ema_update_follows_the_warmed_up_formula():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    ema = GeneratorEMA(model, decay=0.5)
+    expected = {k: v.clone() for k, v in start.items()}
+    for t in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        ema.update(model)
+        decay = min(0.5, (1 + t) / (10 + t))
+        assert decay == warmed_up_decay(0.5, t)
+        current = model.state_dict()
+        expected = {k: decay * expected[k] + (1 - decay) * current[k] for k in expected}
+    for key, value in ema.module.state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+    assert ema.updates == 3
+    # The EMA lags behind the raw weights and never takes gradients.
+    assert not torch.equal(ema.module.weight, model.weight)
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_state_round_trip_and_batchnorm_buffers_follow_the_raw_model():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    ema = GeneratorEMA(model, decay=0.999)
+    model.train()
+    model(torch.randn(2, 3, 8, 8))  # updates BN running stats
+    ema.update(model)
+    assert torch.equal(ema.module[1].running_mean, model[1].running_mean)
+    copy = GeneratorEMA(model, decay=0.999)
+    copy.load_state_dict(ema.state_dict())
+    assert copy.updates == 1
+    assert_same_tensors(copy.module.state_dict(), ema.module.state_dict())
+
+
+def test_export_holds_the_ema_and_validation_logs_both(photos, tmp_path):
+    cfg = tiny_config(tmp_path, "train.ema_decay=0.99", "srresnet.val_interval=6")
+    recorder = Recorder(tmp_path / "ckpts")
+    trainer = make_trainer(cfg, "srresnet", photos, recorder, val=True)
+    trainer.restore(None, None)
+    trainer.run()
+    state = final_state(tmp_path / "ckpts", "srresnet")
+    exported = generator_weights_to_export(state)
+    assert_same_tensors(exported, state["ema"]["module"])
+    assert any(not torch.equal(exported[k], state["trainables"]["generator"][k]) for k in exported)
+    final = recorder.metrics[-1]
+    assert final["final"] and {"val/psnr", "val/psnr_raw", "val/psnr_bicubic"} <= final.keys()
+    assert final["val/psnr"] != final["val/psnr_raw"]
+    # Without an EMA the export is the raw generator.
+    state["ema"] = None
+    assert generator_weights_to_export(state) is state["trainables"]["generator"]
+
+
+def test_checkpoint_without_ema_cannot_resume_an_ema_run(photos, tmp_path):
+    cfg = tiny_config(tmp_path, "srresnet.iterations=3")
+    trainer = make_trainer(cfg, "srresnet", photos, Recorder(tmp_path / "ckpts"))
+    trainer.restore(None, None)
+    trainer.run()
+    with_ema = make_trainer(tiny_config(tmp_path, "train.ema_decay=0.9"), "srresnet", photos, None)
+    with pytest.raises(ckpt.CheckpointError, match="EMA"):
+        with_ema.restore(tmp_path / "ckpts" / ckpt.checkpoint_dir_name(3), None)
+
+
+def test_cadence_logs_validates_every_interval_and_the_last_step_but_leaves_its_checkpoint_to_finish():
+    cfg = tiny_config(Path("/tmp"), "srresnet.iterations=7", "srresnet.val_interval=3")
+    cadence = Cadence(cfg.srresnet)
+    assert [s for s in range(1, 8) if cadence.should_log(s)] == [2, 4, 6, 7]
+    assert [s for s in range(1, 8) if cadence.should_validate(s)] == [3, 6, 7]
+    assert [s for s in range(1, 8) if cadence.should_checkpoint(s)] == [3, 6]
+    assert [s for s in range(1, 8) if cadence.is_window_end(s)] == [2, 3, 4, 6, 7]
