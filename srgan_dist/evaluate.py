@@ -28,10 +28,10 @@ import torch
 
 from srgan_dist.data.resize import bicubic_downscale, bicubic_upscale, crop_to_multiple
 from srgan_dist.generator_io import GeneratorSpec
-from srgan_dist.imageio import image_files, quantize, read_picture
 from srgan_dist.infer import DEFAULT_TILING, Tiling, upscale_rgb
 from srgan_dist.metrics import psnr_y, ssim_y
 from srgan_dist.models import Generator
+from srgan_dist.pictures import image_files, quantize, read_picture
 
 LR_METHOD = "PIL BICUBIC, antialiased (srgan_dist.data.resize.bicubic_downscale)"
 ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"

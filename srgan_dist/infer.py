@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from srgan_dist.generator_io import GeneratorSpec, load_generator
-from srgan_dist.imageio import ImageReadError, Picture, image_files, read_picture, resize_alpha, with_pixels
-from srgan_dist.imageio import write_png as write_picture_png
 from srgan_dist.models import Generator, generator_output_to_unit
+from srgan_dist.pictures import ImageReadError, Picture, image_files, read_picture, resize_alpha, with_pixels
+from srgan_dist.pictures import write_png as write_picture_png
 
 log = logging.getLogger(__name__)
 
