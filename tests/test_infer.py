@@ -31,7 +31,8 @@ from srgan_dist.infer import (
     upscale_rgb,
 )
 from srgan_dist.models import Generator, generator_output_to_unit
-from srgan_dist.pictures import LUMA_WEIGHTS, quantize
+from srgan_dist.pictures import LUMA_WEIGHTS
+from srgan_dist.pixels import quantize
 
 SCALE = 4
 UNTILED = Tiling(tile=0)
