@@ -1,4 +1,7 @@
-"""Reading and writing the images users hand to ``upscale`` and ``evaluate``.
+"""Reading and writing the images users hand to ``upscale`` (and listing image folders).
+
+``evaluate`` and training validation read images otherwise, both through
+``srgan_dist.data.scoring.read_rgb8``: flattened to 8-bit RGB as training data is.
 
 Every input becomes an :class:`Picture`: colour as float32 HxWx3 RGB in [0, 1], an optional
 float32 HxW alpha in [0, 1], and what is needed to write the result back in kind (grayscale
