@@ -178,7 +178,6 @@ def evaluate(
     tiling: Tiling = DEFAULT_TILING,
     device: torch.device | str = "cpu",
     lpips: bool = False,
-    on_image: Callable[[str], None] | None = None,
 ) -> EvaluationReport:
     """Score ``model`` (on ``device``, eval mode) and bicubic on every image in ``hr_dir``."""
     hr_dir = Path(hr_dir)
@@ -215,6 +214,4 @@ def evaluate(
                 lpips_bicubic=scorer(sr_bicubic, hr) if scorer else None,
             )
         )
-        if on_image is not None:
-            on_image(hr_path.name)
     return report

@@ -23,21 +23,16 @@ class ValImage:
     """1x3xHxW float32 in [0, 1], H and W multiples of the scale."""
 
 
-def build_val_set(
-    files: list[str], *, scale: int, device: torch.device, max_images: int = 0
-) -> list[ValImage]:
-    """Whole-image (LR, HR) pairs from ``files`` (sorted; the first ``max_images``, 0 = all).
+def build_val_set(files: list[str], *, scale: int, device: torch.device) -> list[ValImage]:
+    """Whole-image (LR, HR) pairs from ``files``, sorted by path.
 
     Each pair is ``scoring.reference_pair`` of ``scoring.read_rgb8``: LR is
     ``resize.bicubic_downscale`` (PIL BICUBIC, antialiased, 8-bit), which the DALI training
     resize matches within a fraction of a grey level, and which ``evaluate`` uses too.
     """
-    chosen = sorted(files)
-    if max_images:
-        chosen = chosen[:max_images]
     device = torch.device(device)
     pairs = []
-    for path in chosen:
+    for path in sorted(files):
         lr, hr = reference_pair(read_rgb8(path), scale)
         pairs.append(ValImage(Path(path).stem, to_tensor(lr, device), to_tensor(hr, device)))
     return pairs
