@@ -8,8 +8,14 @@ with the generator (tiled, as ``upscale`` does) and with Pillow bicubic, quantis
 as saved PNGs would be, and score them against the HR crop with ``psnr_y``/``ssim_y`` (BT.601 Y,
 ``crop_border = scale``). With ``lr_dir`` the LR images are read instead of made (benchmark
 sets such as Set5/Set14 ship their own, often MATLAB-made); the HR image is then cropped to
-``scale`` times the LR size. Colour HR is scored as RGB; an alpha channel is ignored and
-16-bit images are scored at 8 bits.
+``scale`` times the LR size.
+
+Reading, LR-making and scoring are ``srgan_dist.data.scoring``'s, which validation during
+training uses too, so an image scores the same here as in training validation (exactly so with
+``--tile 0``: validation runs the model on whole images). Images are read as training data is
+(``srgan_dist.data.scan.CONVERSION_RULES``): an alpha channel is composited over white (what
+the model was trained on; the colour under transparent pixels is not scored), grayscale is
+scored as R = G = B, and 16-bit images at 8 bits.
 
 LPIPS (optional, ``lpips=True``) needs the ``lpips`` package and the AlexNet weights it builds on
 already in torch's hub cache (nothing is downloaded); when either is missing the report says
@@ -26,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srgan_dist.data.resize import bicubic_downscale, bicubic_upscale, crop_to_multiple
+from srgan_dist.data.resize import bicubic_upscale
+from srgan_dist.data.scoring import read_rgb8, reference_pair, score_y
 from srgan_dist.generator_io import GeneratorSpec
-from srgan_dist.imageio import image_files, quantize, read_picture
 from srgan_dist.infer import DEFAULT_TILING, Tiling, upscale_rgb
-from srgan_dist.metrics import psnr_y, ssim_y
 from srgan_dist.models import Generator
+from srgan_dist.pictures import image_files
+from srgan_dist.pixels import quantize, to_tensor, to_unit
 
 LR_METHOD = "PIL BICUBIC, antialiased (srgan_dist.data.resize.bicubic_downscale)"
 ALEXNET_WEIGHTS = "alexnet-owt-7be5be79.pth"
@@ -127,9 +134,8 @@ def lpips_scorer(device: torch.device) -> tuple[Scorer | None, str]:
     model = lpips.LPIPS(net="alex", verbose=False).to(device).eval()
 
     def score(sr: np.ndarray, hr: np.ndarray) -> float:
-        to_tensor = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float().div(127.5).sub(1).to(device)  # noqa: E731
-        with torch.inference_mode():
-            return float(model(to_tensor(sr), to_tensor(hr)))
+        with torch.inference_mode():  # LPIPS takes images in [-1, 1]
+            return float(model(to_tensor(sr, device) * 2 - 1, to_tensor(hr, device) * 2 - 1))
 
     return score, "computed (lpips, AlexNet)"
 
@@ -146,17 +152,11 @@ def find_lr(hr_path: Path, lr_files: dict[str, Path], scale: int) -> Path:
     )
 
 
-def read_rgb8(path: Path) -> np.ndarray:
-    """uint8 HxWx3 RGB of any readable image (alpha dropped, 16-bit reduced)."""
-    return quantize(read_picture(path).rgb, 8)
-
-
 def lr_hr_pair(hr_path: Path, scale: int, lr_files: dict[str, Path] | None) -> tuple[np.ndarray, np.ndarray]:
-    """(LR, HR crop) as uint8 arrays: LR made by bicubic, or read from ``lr_files``."""
+    """(LR, HR crop) as uint8 arrays: ``scoring.reference_pair``, or LR read from ``lr_files``."""
     hr = read_rgb8(hr_path)
     if lr_files is None:
-        hr = crop_to_multiple(hr, scale)
-        return bicubic_downscale(hr, scale), hr
+        return reference_pair(hr, scale)
     lr_path = find_lr(hr_path, lr_files, scale)
     lr = read_rgb8(lr_path)
     height, width = lr.shape[0] * scale, lr.shape[1] * scale
@@ -178,7 +178,6 @@ def evaluate(
     tiling: Tiling = DEFAULT_TILING,
     device: torch.device | str = "cpu",
     lpips: bool = False,
-    on_image: Callable[[str], None] | None = None,
 ) -> EvaluationReport:
     """Score ``model`` (on ``device``, eval mode) and bicubic on every image in ``hr_dir``."""
     hr_dir = Path(hr_dir)
@@ -200,20 +199,19 @@ def evaluate(
     report = EvaluationReport(weights_label, spec, lr_source, lpips=lpips_status)
     for hr_path in hr_files:
         lr, hr = lr_hr_pair(hr_path, scale, lr_files)
-        sr_model = quantize(upscale_rgb(model, lr.astype(np.float32) / 255.0, tiling, device), 8)
+        sr_model = quantize(upscale_rgb(model, to_unit(lr), tiling, device), 8)
         sr_bicubic = bicubic_upscale(lr, scale)
+        model_scores, bicubic_scores = score_y(sr_model, hr, scale), score_y(sr_bicubic, hr, scale)
         report.images.append(
             ImageScores(
                 name=hr_path.name,
                 hr_size=(hr.shape[1], hr.shape[0]),
-                psnr_model=psnr_y(sr_model, hr, scale),
-                ssim_model=ssim_y(sr_model, hr, scale),
-                psnr_bicubic=psnr_y(sr_bicubic, hr, scale),
-                ssim_bicubic=ssim_y(sr_bicubic, hr, scale),
+                psnr_model=model_scores.psnr,
+                ssim_model=model_scores.ssim,
+                psnr_bicubic=bicubic_scores.psnr,
+                ssim_bicubic=bicubic_scores.ssim,
                 lpips_model=scorer(sr_model, hr) if scorer else None,
                 lpips_bicubic=scorer(sr_bicubic, hr) if scorer else None,
             )
         )
-        if on_image is not None:
-            on_image(hr_path.name)
     return report

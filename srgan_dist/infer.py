@@ -35,9 +35,10 @@ import numpy as np
 import torch
 
 from srgan_dist.generator_io import GeneratorSpec, load_generator
-from srgan_dist.imageio import ImageReadError, Picture, image_files, read_picture, resize_alpha, with_pixels
-from srgan_dist.imageio import write_png as write_picture_png
 from srgan_dist.models import Generator, generator_output_to_unit
+from srgan_dist.pictures import ImageReadError, Picture, image_files, read_picture, resize_alpha, with_pixels
+from srgan_dist.pictures import write_png as write_picture_png
+from srgan_dist.pixels import to_array, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +154,14 @@ def upscale_rgb(
     height, width = rgb_HWC.shape[:2]
     tile_h, weights_y, total_y = _axis_plan(height, tiling, scale)
     tile_w, weights_x, total_x = _axis_plan(width, tiling, scale)
-    lr_CHW = torch.from_numpy(np.ascontiguousarray(rgb_HWC, dtype=np.float32)).permute(2, 0, 1)
+    lr_CHW = to_tensor(rgb_HWC)[0]
     out_HWC = np.zeros((height * scale, width * scale, 3), dtype=np.float32)
     positions = [(y, x) for y in weights_y for x in weights_x]
     for batch in _chunks(positions, tiling.batch):
         lr_BCHW = torch.stack([lr_CHW[:, y : y + tile_h, x : x + tile_w] for y, x in batch])
         with torch.inference_mode():
             sr_BCHW = generator_output_to_unit(model(lr_BCHW.to(device)))
-        sr_BHWC = sr_BCHW.permute(0, 2, 3, 1).float().cpu().numpy()
+        sr_BHWC = to_array(sr_BCHW)
         for (y, x), sr_HWC in zip(batch, sr_BHWC, strict=True):
             weight_HW = weights_y[y][:, None] * weights_x[x][None, :]
             out_HWC[y * scale : (y + tile_h) * scale, x * scale : (x + tile_w) * scale] += (

@@ -21,7 +21,6 @@ from PIL import Image
 
 from srgan_dist.cli import main
 from srgan_dist.generator_io import GeneratorSpec, load_generator, save_generator
-from srgan_dist.imageio import LUMA_WEIGHTS, quantize
 from srgan_dist.infer import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
@@ -32,6 +31,8 @@ from srgan_dist.infer import (
     upscale_rgb,
 )
 from srgan_dist.models import Generator, generator_output_to_unit
+from srgan_dist.pictures import LUMA_WEIGHTS
+from srgan_dist.pixels import quantize
 
 SCALE = 4
 UNTILED = Tiling(tile=0)

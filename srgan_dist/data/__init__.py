@@ -2,7 +2,8 @@
 
 - ``scan_images``: find, check and convert HR files before training (``scan.py``);
 - ``build_train_loader``: endless sharded (LR, HR) batches, DALI or PIL (``train_loader.py``);
-- ``build_val_set``: whole-image validation pairs (``validation.py``);
+- ``build_val_set``: whole-image validation pairs (``validation.py``), read, downscaled and
+  scored as ``evaluate`` does (``scoring.py``);
 - ``prepare_subimages`` / ``write_sample_data``: the ``prepare`` and ``sample-data`` commands.
 
 DALI is imported only when a DALI loader is built.

@@ -8,18 +8,17 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from srgan_dist.data.resize import bicubic_upscale
-from srgan_dist.metrics import psnr_y, ssim_y
+from srgan_dist.data.scoring import Scores, score_y
 from srgan_dist.models import generator_output_to_unit
-
-
-def _to_uint8(image_1CHW: torch.Tensor) -> np.ndarray:
-    return (image_1CHW[0].permute(1, 2, 0).cpu().float().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+from srgan_dist.pixels import to_tensor, to_uint8
 
 
 class Validator:
     """PSNR/SSIM (Y, border = scale) of the model and of bicubic on this rank's validation shard,
     plus (rank 0) an image grid bicubic | SR | HR of centre crops of the first validation images.
 
+    Scores come from ``srgan_dist.data.scoring.score_y`` on 8-bit images, as ``evaluate`` scores
+    them; the model runs on whole images (``evaluate --tile 0`` gives the same numbers).
     Bicubic numbers never change, so they are computed once.
     """
 
@@ -30,11 +29,9 @@ class Validator:
         sizes = [min(item.hr.shape[-2:]) for item in grid_set] or [0]
         crop = min(grid_crop, *sizes) // scale * scale
         self.grid_pairs = [self._centre_crops(item, crop) for item in grid_set] if crop else []
-        self.bicubic: list[tuple[float, float]] = []
-        for item in val_set:
-            hr = _to_uint8(item.hr)
-            bicubic = bicubic_upscale(_to_uint8(item.lr), scale)
-            self.bicubic.append((psnr_y(bicubic, hr, scale), ssim_y(bicubic, hr, scale)))
+        self.bicubic: list[Scores] = [
+            score_y(bicubic_upscale(to_uint8(item.lr), scale), to_uint8(item.hr), scale) for item in val_set
+        ]
 
     def _centre_crops(self, item, crop: int) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = item.hr.shape[-2:]
@@ -57,21 +54,17 @@ class Validator:
         def upscale(lr: torch.Tensor) -> np.ndarray:
             with autocast():
                 sr = generator(lr.to(self.device))
-            return _to_uint8(generator_output_to_unit(sr.float()))
+            return to_uint8(generator_output_to_unit(sr.float()))
 
         sums = torch.zeros(5, dtype=torch.float64)
-        for item, (bic_psnr, bic_ssim) in zip(self.val_set, self.bicubic, strict=True):
-            sr, hr = upscale(item.lr), _to_uint8(item.hr)
-            metrics = [psnr_y(sr, hr, self.scale), ssim_y(sr, hr, self.scale), bic_psnr, bic_ssim, 1.0]
+        for item, bicubic in zip(self.val_set, self.bicubic, strict=True):
+            model = score_y(upscale(item.lr), to_uint8(item.hr), self.scale)
+            metrics = [model.psnr, model.ssim, bicubic.psnr, bicubic.ssim, 1.0]
             sums += torch.tensor(metrics, dtype=torch.float64)
         tiles = []
         for lr, hr in self.grid_pairs:
-            bicubic = bicubic_upscale(_to_uint8(lr), self.scale)
-            tiles += [_to_unit_tensor(bicubic), _to_unit_tensor(upscale(lr)), _to_unit_tensor(_to_uint8(hr))]
+            images = [bicubic_upscale(to_uint8(lr), self.scale), upscale(lr), to_uint8(hr)]
+            tiles += [to_tensor(image)[0] for image in images]
         generator.train(was_training)
         grid = make_grid(tiles, nrow=3, padding=4, pad_value=1.0) if tiles else None
         return sums, grid
-
-
-def _to_unit_tensor(image_HWC: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image_HWC.copy()).permute(2, 0, 1).float() / 255

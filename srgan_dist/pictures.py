@@ -1,4 +1,7 @@
-"""Reading and writing the images users hand to ``upscale`` and ``evaluate``.
+"""Reading and writing the images users hand to ``upscale`` (and listing image folders).
+
+``evaluate`` and training validation read images otherwise, both through
+``srgan_dist.data.scoring.read_rgb8``: flattened to 8-bit RGB as training data is.
 
 Every input becomes an :class:`Picture`: colour as float32 HxWx3 RGB in [0, 1], an optional
 float32 HxW alpha in [0, 1], and what is needed to write the result back in kind (grayscale
@@ -17,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from srgan_dist.pixels import quantize
 
 SIXTEEN_BIT_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -108,13 +113,6 @@ def resize_alpha(alpha_HW: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def with_pixels(picture: Picture, rgb_HWC: np.ndarray, alpha_HW: np.ndarray | None) -> Picture:
     """The same kind of picture (grayscale, depth) with new pixels."""
     return replace(picture, rgb=rgb_HWC, alpha=alpha_HW)
-
-
-def quantize(values: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Float [0, 1] → uint8 or uint16 with rounding to nearest."""
-    peak = 255.0 if bit_depth == 8 else 65535.0
-    dtype = np.uint8 if bit_depth == 8 else np.uint16
-    return np.rint(np.clip(values, 0.0, 1.0) * peak).astype(dtype)
 
 
 def picture_to_pil(picture: Picture) -> Image.Image:

@@ -1,0 +1,64 @@
+"""One way to score an image, shared by ``srgan-dist evaluate`` and validation during training.
+
+- ``read_rgb8``: an image file as uint8 HxWx3 RGB by the training-data rules
+  (``scan.CONVERSION_RULES``): alpha composited over white, grayscale as R = G = B, palettes
+  expanded, 16-bit reduced to 8 bits, EXIF orientation applied.
+- ``reference_pair``: (LR, HR) of an HR image: HR cropped bottom/right to a multiple of the
+  scale, LR its reference bicubic downscale (``resize.bicubic_downscale``).
+- ``score_y``: PSNR/SSIM on Y (BT.601), ``crop_border = scale``, of an 8-bit image against HR.
+  The model's output (quantised to 8 bits, as a saved PNG) and the bicubic baseline
+  (``resize.bicubic_upscale`` of the LR) are both scored by it.
+
+Alpha is composited over white because that is what the model trains on: ``scan_images``
+rewrites every validation and training image with an alpha channel that way before any loader
+reads it. Scoring the same photo with its alpha dropped (the colour under transparent pixels,
+often arbitrary) would judge the model on pixels it never sees, and would make an RGBA photo
+score differently in ``evaluate`` and in training validation.
+
+This lives in ``srgan_dist.data`` because ``build_val_set`` (imported by the package) uses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from srgan_dist.data.resize import bicubic_downscale, crop_to_multiple
+from srgan_dist.data.scan import load_rgb
+from srgan_dist.metrics import psnr_y, ssim_y
+from srgan_dist.pictures import ImageReadError
+
+
+@dataclass(frozen=True)
+class Scores:
+    """PSNR (dB) and SSIM on Y, border = scale, of one image against its HR."""
+
+    psnr: float
+    ssim: float
+
+
+def read_rgb8(path: str | Path) -> np.ndarray:
+    """uint8 HxWx3 RGB of an image file by the training-data rules (see module docstring).
+
+    Raises :class:`ImageReadError` (a ``ValueError``) naming the file when it is not a readable image.
+    """
+    try:
+        return load_rgb(str(path))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        # OSError covers missing, unidentified and truncated files; Pillow's plugins raise
+        # ValueError/SyntaxError for some malformed headers.
+        raise ImageReadError(f"{path}: not a readable image ({error})") from error
+
+
+def reference_pair(hr_HWC: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """(LR, HR) uint8: HR cropped bottom/right to a multiple of ``scale``, LR its bicubic downscale."""
+    hr_HWC = crop_to_multiple(hr_HWC, scale)
+    return bicubic_downscale(hr_HWC, scale), hr_HWC
+
+
+def score_y(image_HWC: np.ndarray, hr_HWC: np.ndarray, scale: int) -> Scores:
+    """PSNR/SSIM on Y of uint8 ``image_HWC`` (model output or bicubic) against uint8 ``hr_HWC``."""
+    return Scores(psnr=psnr_y(image_HWC, hr_HWC, scale), ssim=ssim_y(image_HWC, hr_HWC, scale))
