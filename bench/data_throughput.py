@@ -17,7 +17,6 @@ import datetime
 import io
 import os
 import platform
-import re
 import resource
 import tempfile
 import time
@@ -25,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _report import write_section
 from PIL import Image
 
 from srgan_dist.config import DataConfig
 from srgan_dist.data import build_train_loader, load_rgb, scan_images
 from srgan_dist.data.prepare import prepare_subimages, write_sample_data
 
-ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT = 2040, 1356  # a typical DIV2K HR size
 
 
@@ -130,18 +129,6 @@ def training_step_rate(device, seconds, batch_size=16) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return steps * batch_size / (time.perf_counter() - start)
-
-
-def write_section(text: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    current = path.read_text() if path.is_file() else "# Benchmarks\n"
-    section = "## Data throughput\n\n" + text.strip() + "\n"
-    pattern = re.compile(r"^## Data throughput\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: section + "\n", current).rstrip() + "\n"
-    else:
-        updated = current.rstrip() + "\n\n" + section
-    path.write_text(updated)
 
 
 def main() -> None:
@@ -273,8 +260,8 @@ def main() -> None:
     )
     print("\n" + text)
     if not args.no_write:
-        write_section(text)
-        print(f"\nwrote the 'Data throughput' section of {ROOT / 'BENCHMARKS.md'}")
+        path = write_section("Data throughput", text)
+        print(f"\nwrote the 'Data throughput' section of {path}")
 
 
 if __name__ == "__main__":

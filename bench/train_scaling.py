@@ -1,6 +1,6 @@
 """Training-side benchmarks: Ray overhead, weak scaling, start-up time (and bf16 on a GPU).
 
-    .venv/bin/python bench/train_scaling.py             # prints a table, appends it to BENCHMARKS.md
+    .venv/bin/python bench/train_scaling.py             # prints a table, writes it into BENCHMARKS.md
     .venv/bin/python bench/train_scaling.py --steps 40 --no-write
 
 What is measured (SRResNet stage, the demo model: 4 blocks x 32 ch, x4, 64 px crops, batch 8 per
@@ -24,6 +24,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from _report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ["model.num_blocks=4", "model.channels=32", "model.norm=none"]
@@ -196,24 +198,16 @@ def main() -> None:
     print(text)
     if args.no_write:
         return
-    section = (
-        "\n## Training: Ray overhead, weak scaling, start-up\n\n"
+    body = (
         "SRResNet stage of the demo model (4 blocks x 32 ch, x4, 64 px HR crops, batch 8 per worker, "
         f"DALI on CPU, 1 torch thread per worker), {args.steps} timed steps; step time from the "
         "checkpointed `train_time_s` (excludes start-up).\n\n"
         f"- command: `.venv/bin/python bench/train_scaling.py --steps {args.steps}`\n"
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores, "
         f"{'no GPU' if gpu is None else 'GPU'}; 1-min load average at the end {load:.1f}\n"
-        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n" + text + "\n"
+        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n\n" + text
     )
-    path = ROOT / "BENCHMARKS.md"
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    marker = "\n## Training: Ray overhead, weak scaling, start-up\n"
-    if marker in current:
-        head, _, rest = current.partition(marker)
-        tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
-        current = head + tail
-    path.write_text(current.rstrip("\n") + "\n" + section)
+    write_section("Training: Ray overhead, weak scaling, start-up", body)
 
 
 if __name__ == "__main__":

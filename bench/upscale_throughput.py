@@ -24,15 +24,16 @@ import datetime
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _report import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = "## Upscaling"
+SECTION = "Upscaling"
 
 
 def rss_mib() -> float:
@@ -122,17 +123,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str, path: Path) -> None:
-    """Replace (or append) the ``## Upscaling`` section of BENCHMARKS.md, leaving others alone."""
-    current = path.read_text() if path.is_file() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _m: text.rstrip("\n") + "\n\n", current)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + text
-    path.write_text(updated.rstrip("\n") + "\n")
-
-
 def main() -> None:
     from srgan_dist.infer import DEFAULT_OVERLAP, DEFAULT_TILE
 
@@ -180,8 +170,6 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible"
     text = "\n".join(
         [
-            SECTION,
-            "",
             f"`{command.strip()}` — {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
             f"{machine}, load average before start {os.getloadavg()[0]:.1f}, took {elapsed:.0f} s.",
             "",
@@ -194,11 +182,10 @@ def main() -> None:
             "",
         ]
     )
-    print()
-    print(text)
+    print(f"\n## {SECTION}\n\n{text}")
     if not args.no_write:
-        write_section(text, ROOT / "BENCHMARKS.md")
-        print(f"updated {ROOT / 'BENCHMARKS.md'} ({SECTION})")
+        path = write_section(SECTION, text)
+        print(f"updated {path} (## {SECTION})")
 
 
 if __name__ == "__main__":

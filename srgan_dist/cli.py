@@ -8,17 +8,12 @@ stays fast; torch, Ray and DALI are imported when a command runs.
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
-COMMAND_MODULES = (
-    "srgan_dist.commands.train",
-    "srgan_dist.commands.cluster",
-    "srgan_dist.commands.data",
-    "srgan_dist.commands.infer",
-    "srgan_dist.commands.tensorboard",
-)
+from srgan_dist.commands import cluster, data, infer, tensorboard, train
+
+COMMAND_MODULES = (train, cluster, data, infer, tensorboard)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-level", default="INFO", help="Python logging level (default INFO)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
     return parser
 
 

@@ -115,7 +115,7 @@ def check_vgg(cfg: Config) -> None:
     """Load the VGG19 weights once here, so a missing file fails before any worker starts."""
     if "srgan" not in cfg.train.stages:
         return
-    from srgan_dist.models.vgg import load_vgg19_features
+    from srgan_dist.vgg_weights import load_vgg19_features
 
     load_vgg19_features(cfg.loss.vgg_weights, cfg.loss.vgg_random_fallback)
 

@@ -8,21 +8,29 @@ reads safetensors, or a ``torch.load(weights_only=True)`` checkpoint written by 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import safe_open, save_file
 
 from srgan_dist.config import ModelConfig
 from srgan_dist.models import Generator
+from srgan_dist.models.generator import SCALES, GlobalSkip, Norm
 from srgan_dist.rundir import RunDir
 
 FORMAT = "srgan-dist-generator"
 FORMAT_VERSION = 1
-MODEL_KEYS = ("scale", "num_blocks", "channels", "norm")
+# Far beyond any SRResNet worth training (paper: 16 blocks, 64 channels); a config outside them is
+# a damaged or tampered file, refused before anything is allocated.
+MAX_NUM_BLOCKS = 1024
+MAX_CHANNELS = 4096
+
+# Marks the fields that say where weights came from, not what model they belong to.
+_PROVENANCE = {"provenance": True}
 
 
 class WeightsError(ValueError):
@@ -31,45 +39,55 @@ class WeightsError(ValueError):
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    """What is needed to rebuild a generator, plus where it came from."""
+    """What is needed to rebuild a generator, plus where it came from.
+
+    Every field but the provenance ones (``stage``, ``step``) is a ``Generator`` argument; the
+    fields without a default must be in every weights file's config.
+    """
 
     scale: int
     num_blocks: int
     channels: int
-    norm: str
-    global_skip: str = "none"
-    stage: str = ""
-    step: int = 0
+    norm: Norm
+    global_skip: GlobalSkip = "none"  # absent in files written before the option
+    stage: str = field(default="", metadata=_PROVENANCE)
+    step: int = field(default=0, metadata=_PROVENANCE)
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, key: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"{key} must be {expected}, got {getattr(self, key)!r}")
+
+        check(self.scale in SCALES, "scale", f"one of {SCALES}")
+        check(1 <= self.num_blocks <= MAX_NUM_BLOCKS, "num_blocks", f"in 1..{MAX_NUM_BLOCKS}")
+        check(1 <= self.channels <= MAX_CHANNELS, "channels", f"in 1..{MAX_CHANNELS}")
+        check(self.norm in get_args(Norm), "norm", f"one of {get_args(Norm)}")
+        check(self.global_skip in get_args(GlobalSkip), "global_skip", f"one of {get_args(GlobalSkip)}")
+        check(self.step >= 0, "step", ">= 0")
+
+    @classmethod
+    def architecture_keys(cls) -> tuple[str, ...]:
+        """The fields that are ``Generator`` arguments."""
+        return tuple(f.name for f in fields(cls) if not f.metadata.get("provenance"))
 
     @classmethod
     def from_model_config(cls, model: ModelConfig, stage: str = "", step: int = 0) -> GeneratorSpec:
         """The generator a run's ``model`` config section describes."""
-        return cls(
-            scale=model.scale,
-            num_blocks=model.num_blocks,
-            channels=model.channels,
-            norm=model.norm,
-            global_skip=model.global_skip,
-            stage=stage,
-            step=step,
-        )
+        return cls(**{key: getattr(model, key) for key in cls.architecture_keys()}, stage=stage, step=step)
+
+    def architecture(self) -> dict[str, Any]:
+        """The ``Generator`` arguments."""
+        return {key: getattr(self, key) for key in self.architecture_keys()}
 
     def same_model(self, other: GeneratorSpec) -> bool:
         """Same architecture (weights of one load into the other), whatever stage or step."""
-        architecture = ("scale", "num_blocks", "channels", "norm", "global_skip")
-        return all(getattr(self, key) == getattr(other, key) for key in architecture)
+        return self.architecture() == other.architecture()
 
     def build(self) -> Generator:
-        return Generator(
-            num_blocks=self.num_blocks,
-            channels=self.channels,
-            scale=self.scale,
-            norm=self.norm,
-            global_skip=self.global_skip,
-        )
+        return Generator(**self.architecture())
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **self.__dict__}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
 
     @classmethod
     def from_json(cls, raw: Any, source: Path) -> GeneratorSpec:
@@ -85,21 +103,24 @@ class GeneratorSpec:
                 f"{source}: format_version {raw['format_version']} is newer than this srgan-dist "
                 f"understands ({FORMAT_VERSION}); upgrade srgan-dist"
             )
-        missing = [key for key in MODEL_KEYS if key not in raw]
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in raw]
         if missing:
             raise WeightsError(f"{source}: model config lacks {missing}")
+        hints = get_type_hints(cls)
+        values = {key: raw[key] for key in hints if key in raw}
+        for key, value in values.items():
+            expected = _json_type(hints[key])
+            if type(value) is not expected:  # bool is not an int here, nor 1e9
+                raise WeightsError(f"{source}: {key} must be a JSON {expected.__name__}, got {value!r}")
         try:
-            return cls(
-                scale=int(raw["scale"]),
-                num_blocks=int(raw["num_blocks"]),
-                channels=int(raw["channels"]),
-                norm=str(raw["norm"]),
-                global_skip=str(raw.get("global_skip", "none")),  # absent in files before the option
-                stage=str(raw.get("stage", "")),
-                step=int(raw.get("step", 0)),
-            )
-        except (TypeError, ValueError) as error:
-            raise WeightsError(f"{source}: bad model config value ({error})") from error
+            return cls(**values)
+        except ValueError as error:
+            raise WeightsError(f"{source}: bad model config value: {error}") from error
+
+
+def _json_type(hint: Any) -> type:
+    """``int`` → ``int``; ``Literal["batch", "none"]`` → ``str``."""
+    return type(get_args(hint)[0]) if get_origin(hint) is Literal else hint
 
 
 def sidecar_path(weights_path: Path) -> Path:
@@ -167,21 +188,51 @@ def find_generator(weights: str | Path, stage: str | None = None) -> Path:
 
 
 def load_generator(weights: str | Path, stage: str | None = None) -> tuple[Generator, GeneratorSpec]:
-    """Build the generator a file or run directory describes, in eval mode on the CPU."""
+    """Build the generator a file or run directory describes, in eval mode on the CPU.
+
+    The config is checked against the tensor shapes in the file before anything is built, so a
+    damaged or tampered config cannot make this allocate a model bigger than the file.
+    """
     path = find_generator(weights, stage)
     if path.suffix != ".safetensors":
         raise WeightsError(f"{path}: expected a .safetensors generator file")
     spec = read_spec(path)
     try:
-        state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}  # noqa: SIM118 (not a dict)
+            _check_architecture(path, spec, shapes)
+            state = {key: handle.get_tensor(key) for key in shapes}
     except (SafetensorError, OSError) as error:
         raise WeightsError(f"{path}: not a readable safetensors file ({error})") from error
-    try:
-        model = spec.build()
-    except ValueError as error:  # e.g. scale 3 or an unknown norm in the config
-        raise WeightsError(f"{path}: model config {spec} is not a valid generator: {error}") from error
+    model = spec.build()
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
         raise WeightsError(f"{path}: weights do not match its model config {spec}: {error}") from error
     return model.eval(), spec
+
+
+def _check_architecture(path: Path, spec: GeneratorSpec, shapes: dict[str, list[int]]) -> None:
+    """Raise ``WeightsError`` naming the first config key that the file's tensors contradict.
+
+    Reads ``Generator``'s parameter names (``head``, ``body.<i>``, ``upsample``, ``body_tail``);
+    the round-trip tests fail if they drift apart.
+    """
+    head = shapes.get("head.0.weight")
+    if head is None or len(head) != 4:
+        raise WeightsError(f"{path}: not a srgan-dist generator (no 4-D head.0.weight tensor)")
+    upsample_convs = [
+        key for key in shapes if re.fullmatch(r"upsample\.\d+\.weight", key) and len(shapes[key]) == 4
+    ]
+    in_file = {
+        "channels": head[0],
+        "num_blocks": len({key.split(".")[1] for key in shapes if key.startswith("body.")}),
+        "scale": 2 ** len(upsample_convs),
+        "norm": "batch" if "body_tail.1.running_mean" in shapes else "none",
+    }
+    for key, found in in_file.items():
+        if getattr(spec, key) != found:
+            raise WeightsError(
+                f"{path}: weights do not match its model config: {key} is {getattr(spec, key)!r} "
+                f"in the config but {found!r} in the file's tensors"
+            )

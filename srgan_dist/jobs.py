@@ -15,7 +15,6 @@ path or URI that every node can reach.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 import re
@@ -198,22 +197,62 @@ def config_path_for_job(config: str | Path, working_dir: str | Path) -> str:
         return str(config)
 
 
+@dataclass(kw_only=True)
+class JobOptions:
+    """How any job is shipped and placed: what ``build_command_job`` and ``build_training_job``
+    share."""
+
+    working_dir: str | Path = "."
+    """Project folder uploaded with the job (see ``WORKING_DIR_EXCLUDES``)."""
+    runtime_env_base: dict[str, Any] | None = None
+    """Runtime env to start from, e.g. ``load_runtime_env_file("cluster/runtime_env.yaml")``."""
+    pip: list[str] = field(default_factory=list)
+    """Extra pip packages installed for the job."""
+    env_vars: dict[str, str] | None = None
+    """Extra environment variables of the job."""
+    entrypoint_num_cpus: float = 0.0
+    """See ``JobRequest.entrypoint_num_cpus``."""
+    entrypoint_resources: dict[str, float] | None = None
+    """See ``JobRequest.entrypoint_resources``."""
+    submission_id: str | None = None
+    """Job id on the cluster; default ``<name>-<UTC timestamp>``."""
+
+
+def build_command_job(
+    *, entrypoint: str, name: str = "job", options: JobOptions | None = None, run_dir: str = ""
+) -> JobRequest:
+    """A job that runs any command in the uploaded project (smoke tests, custom scripts, and
+    training through ``build_training_job``)."""
+    options = options or JobOptions()
+    metadata = {META_RUN_NAME: name}
+    if run_dir:
+        metadata[META_RUN_DIR] = run_dir
+    return JobRequest(
+        entrypoint=entrypoint,
+        submission_id=options.submission_id or submission_id_for(name),
+        runtime_env=build_runtime_env(
+            working_dir=options.working_dir,
+            base=options.runtime_env_base,
+            pip=options.pip,
+            env_vars=options.env_vars,
+        ),
+        entrypoint_num_cpus=options.entrypoint_num_cpus,
+        entrypoint_resources=dict(options.entrypoint_resources or {}),
+        metadata=metadata,
+        run_dir=run_dir,
+    )
+
+
 def build_training_job(
     *,
     config: str,
-    working_dir: str | Path = ".",
     name: str | None = None,
     storage: str | None = None,
     workers: str | None = None,
     resume: bool = False,
     overrides: list[str] = (),
     python: str = "python",
-    runtime_env_base: dict[str, Any] | None = None,
-    pip: list[str] = (),
-    env_vars: dict[str, str] | None = None,
-    entrypoint_num_cpus: float = 0.0,
-    entrypoint_resources: dict[str, float] | None = None,
-    submission_id: str | None = None,
+    options: JobOptions | None = None,
 ) -> JobRequest:
     """The job request that trains ``config`` on a cluster.
 
@@ -222,13 +261,14 @@ def build_training_job(
     """
     from srgan_dist.config import load_config
 
+    options = options or JobOptions()
     cfg = load_config(config, list(overrides))
     if workers is not None:
         parse_workers(workers)
     name = name or cfg.run.name
     storage = check_storage(storage or cfg.run.storage)
     entrypoint = training_entrypoint(
-        config=config_path_for_job(config, working_dir),
+        config=config_path_for_job(config, options.working_dir),
         name=name,
         storage=storage,
         workers=workers,
@@ -236,43 +276,8 @@ def build_training_job(
         overrides=list(overrides),
         python=python,
     )
-    run_dir = join_run_location(storage, name)
-    job = build_command_job(
-        entrypoint=entrypoint,
-        name=name,
-        working_dir=working_dir,
-        runtime_env_base=runtime_env_base,
-        pip=pip,
-        env_vars=env_vars,
-        entrypoint_num_cpus=entrypoint_num_cpus,
-        entrypoint_resources=entrypoint_resources,
-        submission_id=submission_id,
-    )
-    return dataclasses.replace(job, metadata={META_RUN_NAME: name, META_RUN_DIR: run_dir}, run_dir=run_dir)
-
-
-def build_command_job(
-    *,
-    entrypoint: str,
-    name: str = "job",
-    working_dir: str | Path = ".",
-    runtime_env_base: dict[str, Any] | None = None,
-    pip: list[str] = (),
-    env_vars: dict[str, str] | None = None,
-    entrypoint_num_cpus: float = 0.0,
-    entrypoint_resources: dict[str, float] | None = None,
-    submission_id: str | None = None,
-) -> JobRequest:
-    """A job that runs any command in the uploaded project (smoke tests, custom scripts)."""
-    return JobRequest(
-        entrypoint=entrypoint,
-        submission_id=submission_id or submission_id_for(name),
-        runtime_env=build_runtime_env(
-            working_dir=working_dir, base=runtime_env_base, pip=pip, env_vars=env_vars
-        ),
-        entrypoint_num_cpus=entrypoint_num_cpus,
-        entrypoint_resources=dict(entrypoint_resources or {}),
-        metadata={META_RUN_NAME: name},
+    return build_command_job(
+        entrypoint=entrypoint, name=name, options=options, run_dir=join_run_location(storage, name)
     )
 
 

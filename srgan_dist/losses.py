@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from srgan_dist.models.generator import generator_output_to_unit
 from srgan_dist.models.vgg import VGGFeatures
 
 
@@ -60,17 +59,10 @@ def discriminator_fake_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
 
-def adversarial_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """-log D(HR) - log(1 - D(G(LR))), each term averaged over the batch."""
-    return discriminator_real_loss(real_logits) + discriminator_fake_loss(fake_logits)
-
-
 __all__ = [
     "PerceptualLoss",
-    "adversarial_discriminator_loss",
     "adversarial_generator_loss",
     "content_loss",
     "discriminator_fake_loss",
     "discriminator_real_loss",
-    "generator_output_to_unit",
 ]

@@ -41,3 +41,16 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
         build_parser().parse_args([])
     assert info.value.code == 2
     assert "COMMAND" in capsys.readouterr().err
+
+
+def test_the_parser_imports_no_heavy_library() -> None:
+    """``--help`` stays fast: building the parser must not import torch, Ray or DALI."""
+    code = (
+        "import sys; from srgan_dist.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'ray', 'nvidia.dali', 'numpy') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

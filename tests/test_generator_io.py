@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from srgan_dist import generator_io
 from srgan_dist.generator_io import (
     FORMAT_VERSION,
     GeneratorSpec,
@@ -191,3 +192,59 @@ def test_global_skip_round_trips_and_defaults_to_none_for_older_files(tmp_path: 
     del sidecar["global_skip"]  # what files written before the option look like
     sidecar_path(path).write_text(json.dumps(sidecar))
     assert load_generator(path)[1].global_skip == "none"
+
+
+@pytest.fixture
+def no_model_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fails the test if ``load_generator`` gets as far as building a generator."""
+
+    def refuse(**kwargs: object) -> None:
+        raise AssertionError(f"a generator was built from a tampered config: {kwargs}")
+
+    monkeypatch.setattr(generator_io, "Generator", refuse)
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"num_blocks": 1_000_000}, "num_blocks"),  # out of bounds
+        ({"channels": 1e9}, "channels"),  # not an integer
+        ({"channels": 1_000_000_000}, "channels"),  # out of bounds
+        ({"num_blocks": True}, "num_blocks"),  # JSON true is not a count
+        ({"step": -1}, "step"),
+    ],
+)
+@pytest.mark.usefixtures("no_model_built")
+def test_tampered_config_out_of_bounds_fails_before_any_model_is_built(
+    saved: tuple[Generator, Path], changes: dict, key: str
+) -> None:
+    _, path = saved
+    _edit_sidecar(path, **changes)
+    message = _expect_error(path, sidecar_path(path), key)
+    assert f"{key} must be" in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"num_blocks": 1000}, "num_blocks"),
+        ({"channels": 4096}, "channels"),
+        ({"scale": 8}, "scale"),
+        ({"norm": "none"}, "norm"),
+    ],
+)
+@pytest.mark.parametrize("where", ["sidecar", "metadata"])
+@pytest.mark.usefixtures("no_model_built")
+def test_tampered_config_within_bounds_is_checked_against_the_tensor_shapes(
+    saved: tuple[Generator, Path], changes: dict, key: str, where: str
+) -> None:
+    model, path = saved
+    tampered = json.dumps({**SPEC.to_json(), **changes})
+    if where == "sidecar":
+        sidecar_path(path).write_text(tampered)
+    else:
+        sidecar_path(path).unlink()
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(path), metadata={"srgan_dist": tampered})
+    message = _expect_error(path, path, "do not match")
+    assert f"{key} is {changes[key]!r} in the config" in message

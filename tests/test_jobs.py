@@ -41,7 +41,7 @@ def test_storage_must_be_absolute_or_a_uri():
 def test_training_job_runs_launch_py_on_the_cluster_with_the_project_uploaded(tmp_path):
     request = jobs.build_training_job(
         config=str(ROOT / "configs" / "demo.yaml"),
-        working_dir=ROOT,
+        options=jobs.JobOptions(working_dir=ROOT),
         name="demo",
         storage=str(tmp_path / "runs"),
         workers="1-2",
@@ -72,12 +72,14 @@ def test_training_job_checks_the_config_before_uploading_anything(tmp_path):
     with pytest.raises(ValueError, match=r"srresnet\.iterations"):
         jobs.build_training_job(
             config=str(ROOT / "configs" / "demo.yaml"),
-            working_dir=ROOT,
+            options=jobs.JobOptions(working_dir=ROOT),
             storage=str(tmp_path),
             overrides=["srresnet.iterations=-1"],
         )
     with pytest.raises(jobs.JobError, match="absolute"):  # demo.yaml's storage is relative
-        jobs.build_training_job(config=str(ROOT / "configs" / "demo.yaml"), working_dir=ROOT)
+        jobs.build_training_job(
+            config=str(ROOT / "configs" / "demo.yaml"), options=jobs.JobOptions(working_dir=ROOT)
+        )
 
 
 def test_runtime_env_file_pip_and_env_vars_are_merged():
@@ -92,11 +94,15 @@ def test_runtime_env_file_pip_and_env_vars_are_merged():
 
 def test_command_job_runs_any_command_in_the_project():
     request = jobs.build_command_job(
-        entrypoint="python cluster/check_cluster.py", name="check", working_dir=ROOT
+        entrypoint="python cluster/check_cluster.py",
+        name="check",
+        options=jobs.JobOptions(working_dir=ROOT, submission_id="check-1", entrypoint_num_cpus=1),
     )
     assert request.entrypoint == "python cluster/check_cluster.py"
-    assert request.submission_id.startswith("check-")
-    assert request.run_dir == ""
+    assert request.submission_id == "check-1"
+    assert request.entrypoint_num_cpus == 1
+    assert request.runtime_env["working_dir"] == str(ROOT)
+    assert request.run_dir == "" and jobs.META_RUN_DIR not in request.metadata
 
 
 def test_cli_help_and_bad_arguments_need_no_ray():

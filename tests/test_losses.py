@@ -10,9 +10,10 @@ from torch import nn
 
 from srgan_dist.losses import (
     PerceptualLoss,
-    adversarial_discriminator_loss,
     adversarial_generator_loss,
     content_loss,
+    discriminator_fake_loss,
+    discriminator_real_loss,
 )
 from srgan_dist.models import VGGFeatures
 
@@ -72,7 +73,8 @@ def test_content_losses_by_hand() -> None:
 def test_adversarial_losses_by_hand() -> None:
     zero = torch.zeros(4, 1)
     assert adversarial_generator_loss(zero).item() == pytest.approx(math.log(2))
-    assert adversarial_discriminator_loss(zero, zero).item() == pytest.approx(2 * math.log(2))
+    assert discriminator_real_loss(zero).item() == pytest.approx(math.log(2))
+    assert discriminator_fake_loss(zero).item() == pytest.approx(math.log(2))
 
     def sigmoid(x: float) -> float:
         return 1 / (1 + math.exp(-x))
@@ -82,19 +84,18 @@ def test_adversarial_losses_by_hand() -> None:
     # generator: -log D(G(LR)), D = sigmoid(logit)
     expected_g = -(math.log(sigmoid(2.0)) + math.log(sigmoid(-1.0))) / 2
     assert adversarial_generator_loss(fake).item() == pytest.approx(expected_g, rel=1e-6)
-    # discriminator: mean -log D(HR) + mean -log(1 - D(G(LR)))
+    # discriminator: mean -log D(HR) and mean -log(1 - D(G(LR)))
     expected_real = -(math.log(sigmoid(3.0)) + math.log(sigmoid(0.5))) / 2
     expected_fake = -(math.log(1 - sigmoid(2.0)) + math.log(1 - sigmoid(-1.0))) / 2
-    assert adversarial_discriminator_loss(real, fake).item() == pytest.approx(
-        expected_real + expected_fake, rel=1e-6
-    )
+    assert discriminator_real_loss(real).item() == pytest.approx(expected_real, rel=1e-6)
+    assert discriminator_fake_loss(fake).item() == pytest.approx(expected_fake, rel=1e-6)
 
 
 def test_adversarial_losses_move_the_right_way() -> None:
-    base = adversarial_discriminator_loss(torch.zeros(3, 1), torch.zeros(3, 1))
-    assert adversarial_discriminator_loss(torch.full((3, 1), 2.0), torch.zeros(3, 1)) < base
-    assert adversarial_discriminator_loss(torch.zeros(3, 1), torch.full((3, 1), -2.0)) < base
-    assert adversarial_discriminator_loss(torch.full((3, 1), -2.0), torch.full((3, 1), 2.0)) > base
+    zero, confident, wrong = torch.zeros(3, 1), torch.full((3, 1), 2.0), torch.full((3, 1), -2.0)
+    # the discriminator wants HR called real and fakes called fake
+    assert discriminator_real_loss(confident) < discriminator_real_loss(zero) < discriminator_real_loss(wrong)
+    assert discriminator_fake_loss(wrong) < discriminator_fake_loss(zero) < discriminator_fake_loss(confident)
     # the generator wants its fakes called real
     assert adversarial_generator_loss(torch.full((3, 1), 2.0)) < adversarial_generator_loss(torch.zeros(3, 1))
 
@@ -104,4 +105,5 @@ def test_adversarial_losses_are_stable_for_large_logits() -> None:
     big = torch.full((2, 1), 200.0)
     assert torch.isfinite(adversarial_generator_loss(-big))
     assert adversarial_generator_loss(-big).item() == pytest.approx(200.0)
-    assert torch.isfinite(adversarial_discriminator_loss(-big, big))
+    assert discriminator_real_loss(-big).item() == pytest.approx(200.0)
+    assert discriminator_fake_loss(big).item() == pytest.approx(200.0)

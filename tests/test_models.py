@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torchvision.models import vgg19
 
+from srgan_dist import vgg_weights
 from srgan_dist.models import VGG_LAYER_NAMES, Discriminator, Generator, VGGFeatures
-from srgan_dist.models import vgg as vgg_module
-from srgan_dist.models.vgg import VGGWeightsUnavailable, load_vgg19_features
+from srgan_dist.vgg_weights import VGGWeightsUnavailable, load_vgg19_features
 
 
 def _fast_vgg19(weights: object = None) -> nn.Module:
@@ -190,7 +190,7 @@ def test_vgg_unknown_layer(random_features: nn.Sequential) -> None:
 
 
 def test_random_weights_warn(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="srgan_dist.models.vgg"), torch.device("meta"):
+    with caplog.at_level(logging.WARNING, logger="srgan_dist.vgg_weights"), torch.device("meta"):
         features = load_vgg19_features("random")
     assert len(features) == 37
     assert any(r.levelno == logging.WARNING and "RANDOM" in r.getMessage() for r in caplog.records)
@@ -203,7 +203,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_network(*args: object, **kwargs: object) -> None:
         raise URLError("simulated: no network")
 
-    monkeypatch.setattr(vgg_module.VGG19_Weights, "get_state_dict", no_network)
+    monkeypatch.setattr(vgg_weights.VGG19_Weights, "get_state_dict", no_network)
 
 
 @pytest.mark.usefixtures("offline")
@@ -214,7 +214,7 @@ def test_imagenet_offline_without_fallback_raises() -> None:
 
 @pytest.mark.usefixtures("offline")
 def test_imagenet_offline_with_fallback_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="srgan_dist.models.vgg"), torch.device("meta"):
+    with caplog.at_level(logging.WARNING, logger="srgan_dist.vgg_weights"), torch.device("meta"):
         features = load_vgg19_features("imagenet", allow_random_fallback=True)
     assert len(features) == 37
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -232,7 +232,7 @@ def _cheap_vgg19_state() -> dict[str, torch.Tensor]:
 
 def test_local_weights_file_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # every parameter is overwritten by load_state_dict, so skipping the random init is safe
-    monkeypatch.setattr(vgg_module, "vgg19", _fast_vgg19)
+    monkeypatch.setattr(vgg_weights, "vgg19", _fast_vgg19)
     state = _cheap_vgg19_state()
     path = tmp_path / "vgg19.pth"
     torch.save(state, path)

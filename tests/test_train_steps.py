@@ -10,8 +10,8 @@ import torch
 from srgan_dist.config import LossConfig
 from srgan_dist.losses import PerceptualLoss
 from srgan_dist.models import Discriminator, Generator, VGGFeatures
-from srgan_dist.models.vgg import load_vgg19_features
 from srgan_dist.train.steps import StepContext, srgan_step, srresnet_step
+from srgan_dist.vgg_weights import load_vgg19_features
 
 
 def _params(model: torch.nn.Module) -> list[torch.Tensor]:

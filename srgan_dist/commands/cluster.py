@@ -139,7 +139,7 @@ def run_submit(args: argparse.Namespace) -> int:
     from srgan_dist import jobs
 
     address = jobs.resolve_address(args.address)
-    common = dict(
+    options = jobs.JobOptions(
         working_dir=args.working_dir,
         runtime_env_base=jobs.load_runtime_env_file(args.runtime_env) if args.runtime_env else None,
         pip=args.pip,
@@ -150,7 +150,9 @@ def run_submit(args: argparse.Namespace) -> int:
     )
     try:
         if args.entrypoint:
-            request = jobs.build_command_job(entrypoint=args.entrypoint, name=args.name or "job", **common)
+            request = jobs.build_command_job(
+                entrypoint=args.entrypoint, name=args.name or "job", options=options
+            )
         else:
             if not args.config:
                 print("srgan-dist submit: --config is required (or --entrypoint)", file=sys.stderr)
@@ -163,7 +165,7 @@ def run_submit(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 overrides=args.overrides,
                 python=args.python,
-                **common,
+                options=options,
             )
     except (jobs.JobError, ValueError) as error:
         print(f"srgan-dist submit: {error}", file=sys.stderr)

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from srgan_dist.config import ConfigError
     from srgan_dist.data import DataError
     from srgan_dist.driver import RunError, run_dir_of, run_training
-    from srgan_dist.models.vgg import VGGWeightsUnavailable
+    from srgan_dist.vgg_weights import VGGWeightsUnavailable
 
     server = None
     try:

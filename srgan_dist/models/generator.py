@@ -17,6 +17,7 @@ from torch import nn
 
 Norm = Literal["batch", "none"]
 GlobalSkip = Literal["none", "bicubic"]
+SCALES = (2, 4, 8)
 
 
 def _norm(channels: int, norm: Norm) -> nn.Module:
@@ -61,7 +62,7 @@ class Generator(nn.Module):
         global_skip: GlobalSkip = "none",
     ) -> None:
         super().__init__()
-        if scale not in (2, 4, 8):
+        if scale not in SCALES:
             raise ValueError(f"scale must be 2, 4 or 8, got {scale}")
         if norm not in ("batch", "none"):
             raise ValueError(f"norm must be 'batch' or 'none', got {norm!r}")

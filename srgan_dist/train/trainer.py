@@ -37,7 +37,6 @@ from srgan_dist.data.train_loader import derive_seed
 from srgan_dist.generator_io import GeneratorSpec, load_generator
 from srgan_dist.losses import PerceptualLoss
 from srgan_dist.models import Discriminator, Generator, VGGFeatures
-from srgan_dist.models.vgg import load_vgg19_features
 from srgan_dist.monitor import make_monitor
 from srgan_dist.rundir import RunDir
 from srgan_dist.train import checkpoint as ckpt
@@ -45,6 +44,7 @@ from srgan_dist.train.ema import GeneratorEMA
 from srgan_dist.train.faults import FaultHooks
 from srgan_dist.train.steps import StepContext, srgan_step, srresnet_step
 from srgan_dist.train.validation import Validator
+from srgan_dist.vgg_weights import load_vgg19_features
 
 Report = Callable[[dict[str, Any], Path | None, str], None]
 """``report(metrics, checkpoint_dir or None, checkpoint_dir_name)``; every rank calls it."""
