@@ -1,0 +1,92 @@
+"""The package's floors (README "Architecture"): imports only run downward, and Ray, DALI and
+``torch.distributed`` stay in the rooms that own them. Checked on the source with ``ast``."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "srgan_dist"
+
+# Floor of every module (dotted name below srgan_dist, or a package prefix ending in ".").
+FLOORS: dict[str, int] = {
+    # 0: pure definitions: typed config, run-dir names, pixels, metrics, networks, losses
+    "config": 0, "rundir": 0, "pixels": 0, "metrics": 0, "models": 0, "models.": 0, "losses": 0,
+    # 1: components that read and write files, one process
+    "data": 1, "data.": 1, "pictures": 1, "vgg_weights": 1, "generator_io": 1, "monitor": 1,
+    "infer": 1, "evaluate": 1, "export": 1,
+    # 2: training one stage on one worker, without Ray
+    "train.steps": 2, "train.ema": 2, "train.validation": 2, "train.checkpoint": 2,
+    "train.faults": 2, "train.trainer": 2, "train": 2,
+    # 3: the distributed seam: Ray Train's worker entry, the staged driver, the Jobs client
+    "train.loop": 3, "driver": 3, "jobs": 3,
+    # 4: entry points
+    "cli": 4, "commands": 4, "commands.": 4,
+    # the package itself: its version only
+    "": 0,
+}  # fmt: skip
+# Third-party packages only these modules may import (module prefix → allowed importers).
+OWNERS = {
+    "ray": ("train.loop", "driver", "jobs", "commands.cluster"),
+    "nvidia.dali": ("data.train_loader", "data.dali_pipeline"),
+    "torch.distributed": ("train.trainer",),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def floor(name: str) -> int:
+    if name in FLOORS:
+        return FLOORS[name]
+    prefixes = [p for p in FLOORS if p.endswith(".") and name.startswith(p)]
+    assert prefixes, f"srgan_dist.{name} has no floor in tests/test_architecture.py"
+    return FLOORS[max(prefixes, key=len)]
+
+
+def imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return names
+
+
+MODULES = {module_name(path): imports(path) for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_every_module_has_a_floor_and_imports_only_downward():
+    upward = []
+    for name, imported in MODULES.items():
+        for target in imported:
+            if not target.startswith("srgan_dist."):
+                continue
+            target = target.removeprefix("srgan_dist.")
+            if target not in MODULES:  # `from srgan_dist.x import function`
+                target = target.rpartition(".")[0]
+            if target and target in MODULES and floor(target) > floor(name):
+                upward.append(f"{name} (floor {floor(name)}) imports {target} (floor {floor(target)})")
+    assert not upward, "\n".join(upward)
+
+
+def test_ray_dali_and_torch_distributed_stay_in_their_rooms():
+    strays = []
+    for name, imported in MODULES.items():
+        for package, owners in OWNERS.items():
+            uses = any(target == package or target.startswith(package + ".") for target in imported)
+            if uses and name not in owners:
+                strays.append(f"srgan_dist.{name} imports {package}")
+    assert not strays, "\n".join(strays)
+
+
+def test_the_checker_sees_a_real_upward_import():
+    """Guard against a checker that passes vacuously: the driver really imports the trainer."""
+    assert "srgan_dist.train.trainer" in MODULES["driver"] or any(
+        target.startswith("srgan_dist.train.trainer") for target in MODULES["driver"]
+    )
+    assert floor("driver") > floor("train.trainer") > floor("data.scan") > floor("config")
