@@ -12,12 +12,16 @@ Both paths do the same thing to every sample:
 4. return float32 NCHW tensors on the worker's device: LR in [0, 1], HR in [-1, 1] (the
    generator's output range).
 
-Sharding follows DALI's file reader: each epoch the whole file list is shuffled with a seed that
-is the same on every rank (``shuffle_after_epoch``) and cut into ``world_size`` contiguous shards,
-so shards are disjoint; each shard is padded by repeating its last file to ``ceil(N / world)``
-samples and then to a whole batch (``pad_last_batch``), so every rank runs
-``ceil(ceil(N / world) / batch)`` batches per epoch. Crop and flip randomness is seeded per rank.
-A file list smaller than one global batch is repeated until every shard fills a batch.
+Both loaders read files in one order, ``shard_indices`` (DALI gets each batch's paths through
+``fn.external_source``): each epoch the whole file list is shuffled with a seed derived from
+(``seed``, epoch) alone, so every rank computes the same global order, and it is cut into
+``world_size`` contiguous shards, so shards are disjoint; each shard is padded by repeating its
+last file to ``ceil(N / world)`` samples and then to a whole batch (DALI's ``pad_last_batch``
+rule), so every rank runs ``ceil(ceil(N / world) / batch)`` batches per epoch. A run resumed at
+``start_epoch`` reads exactly the files an uninterrupted run reads from that epoch on. Crop and
+flip randomness is seeded per rank (and per epoch and sample in the PIL path); it differs
+between the two loaders (DALI's random operators vs numpy). A file list smaller than one global
+batch is repeated until every shard fills a batch.
 """
 
 from __future__ import annotations
@@ -97,8 +101,12 @@ class _PilPairs(torch.utils.data.Dataset):
         return lr_t, hr_t
 
 
-class _EndlessBatches(torch.utils.data.Sampler):
-    """Yields batches of ``(file_index, sample_seed)`` for epoch ``start_epoch``, ``+1``, ... forever."""
+class EndlessBatches(torch.utils.data.Sampler):
+    """Yields batches of ``(file_index, sample_seed)`` for epoch ``start_epoch``, ``+1``, ... forever.
+
+    The file order of both loaders: the PIL path uses it as the DataLoader's batch sampler, the
+    DALI path turns each batch into paths for its ``external_source``.
+    """
 
     def __init__(self, num_files, *, rank, world_size, batch_size, seed, start_epoch):
         self.num_files, self.rank, self.world_size = num_files, rank, world_size
@@ -124,7 +132,7 @@ class _EndlessBatches(torch.utils.data.Sampler):
 def _pil_batches(
     files, *, scale, hr_patch_size, batch_size, rank, world_size, device, seed, num_threads, start_epoch
 ):
-    sampler = _EndlessBatches(
+    sampler = EndlessBatches(
         len(files),
         rank=rank,
         world_size=world_size,
@@ -146,20 +154,25 @@ def _pil_batches(
 def _dali_batches(
     files, *, scale, hr_patch_size, batch_size, rank, world_size, device, seed, num_threads, start_epoch
 ):
-    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-    from srgan_dist.data.dali_pipeline import READER_NAME, sr_train_pipeline
+    from srgan_dist.data.dali_pipeline import encode_paths, sr_train_pipeline
 
     on_gpu = device.type == "cuda"
     device_id = (
         (device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else None
     )
+    sampler = EndlessBatches(
+        len(files),
+        rank=rank,
+        world_size=world_size,
+        batch_size=batch_size,
+        seed=seed,
+        start_epoch=start_epoch,
+    )
+    path_batches = (encode_paths([files[index] for index, _ in batch]) for batch in sampler)
     pipe = sr_train_pipeline(
-        files=files,
-        shard_id=rank,
-        num_shards=world_size,
-        # identical on every rank (keeps shards disjoint), new for every resumed epoch
-        reader_seed=derive_seed(seed, start_epoch),
+        path_batches=path_batches,
         decode_device="mixed" if on_gpu else "cpu",
         scale=scale,
         hr_patch_size=hr_patch_size,
@@ -169,19 +182,12 @@ def _dali_batches(
         seed=derive_seed(seed, rank, start_epoch, 1),
     )
     pipe.build()
-    iterator = DALIGenericIterator(
-        [pipe],
-        ["lr", "hr"],
-        reader_name=READER_NAME,
-        last_batch_policy=LastBatchPolicy.FILL,
-        auto_reset=True,
-    )
-    expected = batches_per_epoch(len(files), world_size, batch_size)
-    assert len(iterator) == expected, (len(iterator), expected)
+    # No reader: the source never ends, so neither does the iterator (epochs are counted by
+    # TrainLoader from batches_per_epoch, the sampler's own epoch length).
+    iterator = DALIGenericIterator([pipe], ["lr", "hr"])
     try:
-        while True:
-            for outputs in iterator:
-                yield outputs[0]["lr"], outputs[0]["hr"]
+        for outputs in iterator:
+            yield outputs[0]["lr"], outputs[0]["hr"]
     finally:
         del iterator, pipe
 
