@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,15 +74,28 @@ DEFAULT_TILING = Tiling()
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """``None`` → CUDA when available, else CPU; ``cuda`` without CUDA is a clear error."""
+    """``None`` → CUDA when available, else CPU. ``cuda[:N]`` is checked against the GPUs this
+    process sees, so a missing GPU or a wrong index is a clear error up front, not a CUDA error
+    at the first kernel."""
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"--device must be cpu or cuda[:N], got {name!r}")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name)
+    if match is None:
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
         raise ValueError(
             f"--device {name}: CUDA is not available (torch {torch.__version__}, built for CUDA "
             f"{torch.version.cuda}, sees no GPU); use --device cpu"
+        )
+    count = torch.cuda.device_count()
+    if match.group(1) is not None and int(match.group(1)) >= count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+        raise ValueError(
+            f"--device {name}: this process sees {count} GPU(s){where}, so the index must be "
+            f"below {count}: use --device cuda:0" + (f" … cuda:{count - 1}" if count > 1 else "")
         )
     return torch.device(name)
 

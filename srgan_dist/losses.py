@@ -23,7 +23,9 @@ def content_loss(sr: torch.Tensor, hr: torch.Tensor, kind: Literal["mse", "l1"] 
 class PerceptualLoss(nn.Module):
     """MSE between rescaled VGG19 features of SR and HR (paper: VGG54, features / 12.75).
 
-    The gradient flows into ``sr`` (only the HR branch runs without autograd).
+    The gradient flows into ``sr`` (only the HR branch runs without autograd). Under autocast the
+    VGG runs in the autocast dtype; the features are rescaled and compared in fp32 (a bf16 loss
+    would keep 8 bits of mantissa).
     """
 
     def __init__(self, vgg: VGGFeatures, feature_scale: float = 1 / 12.75) -> None:
@@ -32,10 +34,11 @@ class PerceptualLoss(nn.Module):
         self.feature_scale = feature_scale
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
-        sr_features = self.vgg(_to_unit_unclamped(sr)) * self.feature_scale
+        sr_features = self.vgg(_to_unit_unclamped(sr))
         with torch.no_grad():
-            hr_features = self.vgg(_to_unit_unclamped(hr)) * self.feature_scale
-        return F.mse_loss(sr_features, hr_features)
+            hr_features = self.vgg(_to_unit_unclamped(hr))
+        scale = self.feature_scale
+        return F.mse_loss(sr_features.float() * scale, hr_features.float() * scale)
 
 
 def _to_unit_unclamped(image: torch.Tensor) -> torch.Tensor:

@@ -154,6 +154,41 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
     assert resolve_device(None).type == "cpu"
 
 
+def pretend_gpus(monkeypatch, count: int) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+
+
+def test_cuda_index_is_checked_against_the_visible_gpus(monkeypatch) -> None:
+    pretend_gpus(monkeypatch, 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device(None).type == "cuda"
+    with pytest.raises(ValueError, match=r"--device cuda:2: this process sees 2 GPU\(s\).*cuda:0 … cuda:1"):
+        resolve_device("cuda:2")
+    pretend_gpus(monkeypatch, 0)
+    with pytest.raises(ValueError, match=r"--device cuda:0: CUDA is not available"):
+        resolve_device("cuda:0")
+    for bad in ("gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", "cuda:0:1"):
+        with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N"):
+            resolve_device(bad)
+
+
+@pytest.mark.parametrize("command", ["upscale", "evaluate"])
+def test_commands_refuse_a_gpu_index_that_is_not_there(command, monkeypatch, tmp_path, capsys) -> None:
+    pretend_gpus(monkeypatch, 1)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    where = (
+        ["--input", str(tmp_path), "--output", str(tmp_path / "out")]
+        if command == "upscale"
+        else ["--hr", str(tmp_path)]
+    )
+    assert main([command, "--weights", str(tmp_path / "none.safetensors"), *where, "--device", "cuda:1"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda:1: this process sees 1 GPU(s) (CUDA_VISIBLE_DEVICES='3')" in err
+    assert "use --device cuda:0" in err
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_upscale_matches_cpu() -> None:

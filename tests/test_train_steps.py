@@ -10,7 +10,7 @@ import torch
 from srgan_dist.config import LossConfig
 from srgan_dist.losses import PerceptualLoss
 from srgan_dist.models import Discriminator, Generator, VGGFeatures
-from srgan_dist.train.steps import StepContext, srgan_step, srresnet_step
+from srgan_dist.train.steps import StepContext, finite_step, make_adam, srgan_step, srresnet_step
 from srgan_dist.vgg_weights import load_vgg19_features
 
 
@@ -116,3 +116,188 @@ def test_nonfinite_gradients_skip_the_update():
     values = srresnet_step(generator, optimizer, torch.rand(1, 3, 8, 8), hr, ctx)
     assert float(values["finite"]) == 0.0
     assert not _changed(before, generator)
+
+
+# --------------------------------------------------------------------------- non-finite, no sync
+
+
+def _adam_state(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [value.clone() for state in optimizer.state.values() for value in state.values()]
+
+
+def _nan_grad_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    optimizer.zero_grad(set_to_none=True)
+    for index, parameter in enumerate(model.parameters()):
+        parameter.grad = torch.randn_like(parameter)
+        if index == 1:
+            parameter.grad.view(-1)[0] = float("nan")
+    return finite_step(optimizer)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["make_adam", "plain_adam"])
+def test_nonfinite_gradient_leaves_params_and_adam_state_untouched(fused):
+    torch.manual_seed(0)
+    model = Generator(num_blocks=1, channels=8, scale=2, norm="none")
+    optimizer = make_adam(model.parameters(), 1e-3, "cpu") if fused else torch.optim.Adam(model.parameters())
+    for parameter in model.parameters():  # one good step first, so the moments are non-zero
+        parameter.grad = torch.randn_like(parameter)
+    assert float(finite_step(optimizer)) == 1.0
+    params, state = _params(model), _adam_state(optimizer)
+
+    flag = _nan_grad_step(model, optimizer)
+
+    assert isinstance(flag, torch.Tensor) and float(flag) == 0.0
+    assert not _changed(params, model)
+    assert all(torch.equal(a, b) for a, b in zip(state, _adam_state(optimizer), strict=True))  # step too
+    # ...and the next finite step moves both again.
+    for parameter in model.parameters():
+        parameter.grad = torch.randn_like(parameter)
+    assert float(finite_step(optimizer)) == 1.0
+    assert _changed(params, model)
+    assert all(not torch.equal(a, b) for a, b in zip(state, _adam_state(optimizer), strict=True))
+
+
+def test_make_adam_is_fused_and_a_non_fused_state_dict_falls_back_safely():
+    model = torch.nn.Linear(3, 2)
+    optimizer = make_adam(model.parameters(), 1e-3, "cpu")
+    assert optimizer.param_groups[0]["fused"] and optimizer.param_groups[0]["betas"] == (0.9, 0.999)
+    old = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    old.step()
+    optimizer.load_state_dict(old.state_dict())  # torch replaces the group options: fused off
+    params, state = _params(model), _adam_state(optimizer)
+    assert float(_nan_grad_step(model, optimizer)) == 0.0
+    assert not _changed(params, model)
+    assert all(torch.equal(a, b) for a, b in zip(state, _adam_state(optimizer), strict=True))
+
+
+class _NoHostSync:
+    """Fails the test if anything reads a tensor's value on the host."""
+
+    def __init__(self, monkeypatch):
+        def refuse(self, *args, **kwargs):
+            raise AssertionError("host synchronisation in a step")
+
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+            monkeypatch.setattr(torch.Tensor, name, refuse)
+
+
+def test_steps_with_make_adam_never_read_values_on_the_host(gan, monkeypatch):
+    generator, discriminator, perceptual, ctx, lr, hr = gan
+    opt_g = make_adam(generator.parameters(), 1e-3, "cpu")
+    opt_d = make_adam(discriminator.parameters(), 1e-3, "cpu")
+    pre = Generator(num_blocks=1, channels=8, scale=2, norm="none")
+    opt_pre = make_adam(pre.parameters(), 1e-3, "cpu")
+    _NoHostSync(monkeypatch)
+    for _ in range(2):
+        values = srgan_step(generator, discriminator, opt_g, opt_d, perceptual, lr, hr, ctx)
+        pre_values = srresnet_step(pre, opt_pre, lr, hr, ctx)
+    monkeypatch.undo()
+    assert float(values["finite"]) == 1.0 and float(pre_values["finite"]) == 1.0
+
+
+def test_srgan_step_with_nan_target_skips_both_updates(gan):
+    generator, discriminator, perceptual, ctx, lr, hr = gan
+    opt_g = make_adam(generator.parameters(), 1e-3, "cpu")
+    opt_d = make_adam(discriminator.parameters(), 1e-3, "cpu")
+    srgan_step(generator, discriminator, opt_g, opt_d, perceptual, lr, hr, ctx)
+    g, d, state_g, state_d = (
+        _params(generator),
+        _params(discriminator),
+        _adam_state(opt_g),
+        _adam_state(opt_d),
+    )
+    values = srgan_step(
+        generator, discriminator, opt_g, opt_d, perceptual, lr, torch.full_like(hr, float("nan")), ctx
+    )
+    assert float(values["finite"]) == 0.0
+    assert not _changed(g, generator) and not _changed(d, discriminator)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(state_g + state_d, _adam_state(opt_g) + _adam_state(opt_d), strict=True)
+    )
+
+
+def test_perceptual_loss_runs_under_autocast_and_reduces_in_fp32(gan):
+    generator, discriminator, perceptual, _, lr, hr = gan
+    ctx = StepContext(loss=LossConfig(), autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    seen = []
+    perceptual.vgg.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    opt_g, opt_d = (
+        make_adam(generator.parameters(), 1e-3, "cpu"),
+        make_adam(discriminator.parameters(), 1e-3, "cpu"),
+    )
+    values = srgan_step(generator, discriminator, opt_g, opt_d, perceptual, lr, hr, ctx)
+    assert seen == [torch.bfloat16, torch.bfloat16]  # SR and HR features
+    assert values["loss/perceptual"].dtype == torch.float32 and float(values["finite"]) == 1.0
+
+
+# --------------------------------------------------------------------------- DDP, 2 gloo ranks
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, steps: int, out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    torch.set_num_threads(1)  # two ranks on a small CI machine
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)  # same initial weights on both ranks (DDP would broadcast them anyway)
+        generator = Generator(num_blocks=1, channels=8, scale=2, norm="none")
+        discriminator = Discriminator(channels=8, norm="batch")
+        perceptual = PerceptualLoss(VGGFeatures("22", load_vgg19_features("random")))
+        generator = torch.nn.parallel.DistributedDataParallel(generator)
+        discriminator = torch.nn.parallel.DistributedDataParallel(discriminator)
+        d_reductions = []
+
+        def counting_hook(state, bucket):
+            d_reductions.append(bucket.index())
+            return allreduce_hook(state, bucket)
+
+        discriminator.register_comm_hook(None, counting_hook)
+        opt_g = make_adam(generator.parameters(), 1e-3, "cpu")
+        opt_d = make_adam(discriminator.parameters(), 1e-3, "cpu")
+        ctx = StepContext(loss=LossConfig(), autocast=contextlib.nullcontext)
+        data = torch.Generator().manual_seed(100 + rank)  # every rank sees different data
+        reductions_per_step = []
+        for _ in range(steps):
+            lr = torch.rand(2, 3, 16, 16, generator=data)
+            hr = torch.rand(2, 3, 32, 32, generator=data) * 2 - 1
+            values = srgan_step(generator, discriminator, opt_g, opt_d, perceptual, lr, hr, ctx)
+            reductions_per_step.append(sorted(d_reductions))
+            d_reductions.clear()
+        torch.save(
+            {
+                "g": [p.detach() for p in generator.parameters()],
+                "d": [p.detach() for p in discriminator.parameters()],
+                "d_reductions": reductions_per_step,
+                "finite": float(values["finite"]),
+            },
+            f"{out_dir}/rank{rank}.pt",
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_g_and_d_stay_identical_across_two_gloo_ranks(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    steps = 3
+    mp.spawn(_ddp_worker, args=(2, port, steps, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.manual_seed(0)
+    g0 = _params(Generator(num_blocks=1, channels=8, scale=2, norm="none"))
+    for key in ("g", "d"):
+        assert all(torch.equal(a, b) for a, b in zip(ranks[0][key], ranks[1][key], strict=True)), key
+    assert any(not torch.equal(a, b) for a, b in zip(g0, ranks[0]["g"], strict=True))  # G trained
+    for result in ranks:
+        assert result["finite"] == 1.0
+        # D's gradients are all-reduced once per step (its real pass runs under no_sync): each
+        # of its buckets once (DDP rebuilds its buckets after the first step, hence "each").
+        for buckets in result["d_reductions"]:
+            assert buckets and len(set(buckets)) == len(buckets), result["d_reductions"]

@@ -41,8 +41,9 @@ def _add_tiling(parser: argparse.ArgumentParser) -> None:
         "--batch", type=int, default=1, metavar="K", help="tiles per forward pass (default 1)"
     )
     parser.add_argument(
-        "--device", default=None, metavar="cpu|cuda",
-        help="where the generator runs (default: cuda if available, else cpu); cuda without a GPU fails",
+        "--device", default=None, metavar="cpu|cuda[:N]",
+        help="where the generator runs (default: cuda if available, else cpu); cuda without a GPU, "
+        "or cuda:N with N not below the number of visible GPUs, fails",
     )  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's)"

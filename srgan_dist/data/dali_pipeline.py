@@ -1,45 +1,60 @@
-"""The DALI training graph: read → decode HR crop → flips/transpose → bicubic LR → float NCHW.
+"""The DALI training graph: file paths → read → decode HR crop → flips/transpose → bicubic LR → NCHW.
 
 One graph for both devices: ``decode_device="mixed"`` decodes on the GPU (nvJPEG for JPEG; PNG is
 still parsed on the CPU) and keeps every later op on the GPU; ``"cpu"`` runs it all on CPU
 threads (``device_id=None`` in the pipeline). Imported only when DALI is used.
+
+The file order is not DALI's: ``fn.external_source`` feeds each batch's paths from the same
+sampler the PIL loader uses (``train_loader.EndlessBatches``) and ``fn.io.file.read`` reads them.
+``fn.readers.file`` shuffles with its own C++ stream (``std::shuffle`` with a ``std::mt19937``
+seeded from ``shuffle_after_epoch_seed`` plus its epoch counter, whose order is defined by the C++
+standard library, not by us) and counts epochs from 0 whenever a pipeline is built, so a resumed
+run would replay its first epochs' order and the PIL loader could never match it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-READER_NAME = "hr_reader"
+
+def decoder_kwargs(decode_device: str) -> dict:
+    """Arguments of ``fn.decoders.image_crop`` that make ``mixed`` decode like ``cpu`` and PIL.
+
+    nvJPEG's default chroma upsampling of 4:2:0 JPEGs is not libjpeg's "fancy" (triangular)
+    one, so GPU-decoded training crops would differ from the PIL-decoded validation images by
+    several grey levels at colour edges; ``jpeg_fancy_upsampling`` switches nvJPEG to libjpeg's.
+    """
+    kwargs = {"device": decode_device, "output_type": types.RGB}
+    if decode_device == "mixed":
+        kwargs["jpeg_fancy_upsampling"] = True
+    return kwargs
+
+
+def encode_paths(paths: list[str]) -> list[np.ndarray]:
+    """Paths as the 1-D uint8 arrays ``fn.io.file.read`` takes (its documented encoding)."""
+    return [np.frombuffer(path.encode("utf-8"), dtype=np.uint8) for path in paths]
 
 
 @pipeline_def(enable_conditionals=True)
 def sr_train_pipeline(
     *,
-    files: list[str],
-    shard_id: int,
-    num_shards: int,
-    reader_seed: int,
+    path_batches: Iterator[list[np.ndarray]],
     decode_device: str,
     scale: int,
     hr_patch_size: int,
 ):
-    encoded, _ = fn.readers.file(
-        files=files,
-        shard_id=shard_id,
-        num_shards=num_shards,
-        pad_last_batch=True,
-        shuffle_after_epoch=True,  # global reshuffle per epoch with the same seed on all ranks
-        seed=reader_seed,
-        name=READER_NAME,
-    )
+    paths = fn.external_source(source=path_batches, batch=True, dtype=types.UINT8, ndim=1)
+    encoded = fn.io.file.read(paths)
     # ROI decode: libjpeg-turbo / nvJPEG decode little more than the crop of a JPEG.
     hr = fn.decoders.image_crop(
         encoded,
-        device=decode_device,
-        output_type=types.RGB,
         crop=(hr_patch_size, hr_patch_size),
         crop_pos_x=fn.random.uniform(range=(0.0, 1.0)),
         crop_pos_y=fn.random.uniform(range=(0.0, 1.0)),
+        **decoder_kwargs(decode_device),
     )
     hr = fn.flip(hr, horizontal=fn.random.coin_flip(), vertical=fn.random.coin_flip())
     if fn.random.coin_flip():

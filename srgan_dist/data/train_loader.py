@@ -12,12 +12,22 @@ Both paths do the same thing to every sample:
 4. return float32 NCHW tensors on the worker's device: LR in [0, 1], HR in [-1, 1] (the
    generator's output range).
 
-Sharding follows DALI's file reader: each epoch the whole file list is shuffled with a seed that
-is the same on every rank (``shuffle_after_epoch``) and cut into ``world_size`` contiguous shards,
-so shards are disjoint; each shard is padded by repeating its last file to ``ceil(N / world)``
-samples and then to a whole batch (``pad_last_batch``), so every rank runs
-``ceil(ceil(N / world) / batch)`` batches per epoch. Crop and flip randomness is seeded per rank.
-A file list smaller than one global batch is repeated until every shard fills a batch.
+Both loaders read files in one order, ``shard_indices`` (DALI gets each batch's paths through
+``fn.external_source``): each epoch the whole file list is shuffled with a seed derived from
+(``seed``, epoch) alone, so every rank computes the same global order, and it is cut into
+``world_size`` contiguous shards, so shards are disjoint; each shard is padded by repeating its
+last file to ``ceil(N / world)`` samples and then to a whole batch (DALI's ``pad_last_batch``
+rule), so every rank runs ``ceil(ceil(N / world) / batch)`` batches per epoch. A run resumed at
+``start_epoch`` reads exactly the files an uninterrupted run reads from that epoch on. Crop and
+flip randomness is seeded per rank (and per epoch and sample in the PIL path); it differs
+between the two loaders (DALI's random operators vs numpy). A file list smaller than one global
+batch is repeated until every shard fills a batch.
+
+A resume also passes the batch position within the epoch (``start_position``): both loaders then
+read exactly the files an uninterrupted run reads next, and the PIL path's crops and flips are
+the same too (they are seeded per sample), so a resumed PIL run is bit-identical on CPU.
+DALI's crops after a resume differ from an uninterrupted run's, as its random operators are
+seeded per pipeline (per rank and start epoch).
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -97,9 +108,13 @@ class _PilPairs(torch.utils.data.Dataset):
         return lr_t, hr_t
 
 
-class _EndlessBatches(torch.utils.data.Sampler):
+class EndlessBatches(torch.utils.data.Sampler):
     """Yields batches of ``(file_index, sample_seed)`` for epoch ``start_epoch``, ``+1``, ... forever,
-    starting at batch ``start_position`` of the first epoch."""
+    starting at batch ``start_position`` of the first epoch.
+
+    The file order of both loaders: the PIL path uses it as the DataLoader's batch sampler, the
+    DALI path turns each batch into paths for its ``external_source``.
+    """
 
     def __init__(self, num_files, *, rank, world_size, batch_size, seed, start_epoch, start_position=0):
         self.num_files, self.rank, self.world_size = num_files, rank, world_size
@@ -124,94 +139,74 @@ class _EndlessBatches(torch.utils.data.Sampler):
             epoch += 1
 
 
-def _pil_batches(
-    files,
-    *,
-    scale,
-    hr_patch_size,
-    batch_size,
-    rank,
-    world_size,
-    device,
-    seed,
-    num_threads,
-    start_epoch,
-    start_position,
-):
-    sampler = _EndlessBatches(
-        len(files),
-        rank=rank,
-        world_size=world_size,
-        batch_size=batch_size,
-        seed=seed,
-        start_epoch=start_epoch,
-        start_position=start_position,
-    )
+@dataclass(frozen=True)
+class LoaderPlan:
+    """What both batch sources need: this rank's files, shapes, seeds and where to start."""
+
+    files: list[str]
+    scale: int
+    hr_patch_size: int
+    batch_size: int
+    rank: int
+    world_size: int
+    device: torch.device
+    seed: int
+    num_threads: int
+    start_epoch: int
+    start_position: int
+
+    def sampler(self) -> EndlessBatches:
+        return EndlessBatches(
+            len(self.files),
+            rank=self.rank,
+            world_size=self.world_size,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            start_epoch=self.start_epoch,
+            start_position=self.start_position,
+        )
+
+
+def _pil_batches(plan: LoaderPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     loader = torch.utils.data.DataLoader(
-        _PilPairs(files, scale, hr_patch_size),
-        batch_sampler=sampler,
-        num_workers=num_threads,
-        pin_memory=device.type == "cuda",
+        _PilPairs(plan.files, plan.scale, plan.hr_patch_size),
+        batch_sampler=plan.sampler(),
+        num_workers=plan.num_threads,
+        pin_memory=plan.device.type == "cuda",
         persistent_workers=False,
     )
     for lr, hr in loader:
-        yield lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
+        yield lr.to(plan.device, non_blocking=True), hr.to(plan.device, non_blocking=True)
 
 
-def _dali_batches(
-    files,
-    *,
-    scale,
-    hr_patch_size,
-    batch_size,
-    rank,
-    world_size,
-    device,
-    seed,
-    num_threads,
-    start_epoch,
-    start_position,
-):
-    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+def _dali_batches(plan: LoaderPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-    from srgan_dist.data.dali_pipeline import READER_NAME, sr_train_pipeline
+    from srgan_dist.data.dali_pipeline import encode_paths, sr_train_pipeline
 
+    device = plan.device
     on_gpu = device.type == "cuda"
     device_id = (
         (device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else None
     )
+    path_batches = (encode_paths([plan.files[index] for index, _ in batch]) for batch in plan.sampler())
     pipe = sr_train_pipeline(
-        files=files,
-        shard_id=rank,
-        num_shards=world_size,
-        # identical on every rank (keeps shards disjoint), new for every resumed epoch
-        reader_seed=derive_seed(seed, start_epoch),
+        path_batches=path_batches,
         decode_device="mixed" if on_gpu else "cpu",
-        scale=scale,
-        hr_patch_size=hr_patch_size,
-        batch_size=batch_size,
-        num_threads=num_threads,
+        scale=plan.scale,
+        hr_patch_size=plan.hr_patch_size,
+        batch_size=plan.batch_size,
+        num_threads=plan.num_threads,
         device_id=device_id,
-        seed=derive_seed(seed, rank, start_epoch, 1),
+        seed=derive_seed(plan.seed, plan.rank, plan.start_epoch, 1),
     )
     pipe.build()
-    iterator = DALIGenericIterator(
-        [pipe],
-        ["lr", "hr"],
-        reader_name=READER_NAME,
-        last_batch_policy=LastBatchPolicy.FILL,
-        auto_reset=True,
-    )
-    expected = batches_per_epoch(len(files), world_size, batch_size)
-    assert len(iterator) == expected, (len(iterator), expected)
-    # DALI cannot seek: run the batches before the resume point (at most one epoch's worth), so
-    # the pipeline's random state is exactly where an uninterrupted run had it.
-    for _ in range(start_position):
-        next(iterator)
+    # No reader: the source never ends, so neither does the iterator (epochs are counted by
+    # TrainLoader from batches_per_epoch, the sampler's own epoch length).
+    iterator = DALIGenericIterator([pipe], ["lr", "hr"])
     try:
-        while True:
-            for outputs in iterator:
-                yield outputs[0]["lr"], outputs[0]["hr"]
+        for outputs in iterator:
+            yield outputs[0]["lr"], outputs[0]["hr"]
     finally:
         del iterator, pipe
 
@@ -221,8 +216,7 @@ class TrainLoader:
 
     ``position`` counts the batches consumed in ``epoch``; after ``batches_per_epoch`` of them the
     epoch advances. ``state_dict()`` is what a checkpoint keeps; resuming passes its ``epoch`` and
-    ``position`` as ``start_epoch`` and ``start_position``, and the next batch is the one an
-    uninterrupted run would have drawn.
+    ``position`` as ``start_epoch`` and ``start_position``.
     """
 
     def __init__(
@@ -308,9 +302,11 @@ def build_train_loader(
             repeats,
         )
         files = files * repeats
-    make = _dali_batches if loader == "dali" else _pil_batches
-    batches = make(
-        files,
+    per_epoch = batches_per_epoch(len(files), world_size, batch_size)
+    if not 0 <= start_position < per_epoch:
+        raise ValueError(f"start_position {start_position} outside an epoch of {per_epoch} batches")
+    plan = LoaderPlan(
+        files=files,
         scale=scale,
         hr_patch_size=hr_patch_size,
         batch_size=batch_size,
@@ -322,6 +318,7 @@ def build_train_loader(
         start_epoch=start_epoch,
         start_position=start_position,
     )
+    batches = _dali_batches(plan) if loader == "dali" else _pil_batches(plan)
     where = f"{'GPU decode' if device.type == 'cuda' and loader == 'dali' else 'CPU decode'} on {device}"
     log.info(
         "rank %d/%d: %s training loader, %s, %d file(s), %d batch(es) per epoch",
@@ -330,12 +327,12 @@ def build_train_loader(
         loader,
         where,
         len(files),
-        batches_per_epoch(len(files), world_size, batch_size),
+        per_epoch,
     )
     return TrainLoader(
         batches,
         kind=loader,
-        batches_per_epoch=batches_per_epoch(len(files), world_size, batch_size),
+        batches_per_epoch=per_epoch,
         start_epoch=start_epoch,
         start_position=start_position,
     )

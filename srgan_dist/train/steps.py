@@ -1,18 +1,23 @@
 """One optimizer step of each stage. Step functions take models, optimizers and a batch and return
 a dict of scalar tensors (``finite`` is 0 when a non-finite gradient made the step skip its
-update); the worker loop owns cadence, logging and checkpoints.
+update); the worker loop owns cadence, logging and checkpoints. Nothing here waits for the
+device: with ``make_adam``'s optimizers a step never reads a value back to the host, so the
+loop decides when to (once per log window).
 
 SRGAN step order (BasicSR's, safe under DDP with BatchNorm in D):
 1. freeze D; G loss = content + perceptual + adversarial, where D runs *unwrapped* (no DDP hooks
    fire, no D gradients exist), then one G update;
 2. unfreeze D; D loss on real, backward; D loss on ``fake.detach()``, backward; one D update.
    Each DDP forward of D is followed by its own backward, so BN buffers are never rewritten
-   between a forward and its backward and DDP always finishes its reduction.
+   between a forward and its backward and DDP always finishes its reduction. The real pass runs
+   under ``no_sync``: its gradients stay local and the fake pass's backward all-reduces the
+   accumulated sum, so D's gradients cross the network once per step, not twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -67,17 +72,59 @@ def srresnet_step(
     return {"loss/content": loss.detach(), "loss/total": loss.detach(), "finite": stepped}
 
 
-def finite_step(optimizer: torch.optim.Optimizer) -> torch.Tensor:
-    """Step ``optimizer`` only if every gradient is finite; return 1.0 if it stepped, else 0.0.
+def make_adam(params: Iterable[torch.Tensor], lr: float, device: torch.device | str) -> torch.optim.Adam:
+    """Adam with the paper's betas (0.9, 0.999), fused where torch has the kernels (CPU, CUDA).
 
-    Under DDP the gradients are already averaged over ranks, so every rank takes the same
-    decision without another collective.
+    Fused: one kernel per step instead of one per tensor, and ``finite_step`` can skip a
+    non-finite update on the device. Loading a state dict saved by a non-fused Adam replaces the
+    param groups' options, ``fused`` included (``Optimizer.load_state_dict``); ``finite_step``
+    then falls back to its host-synchronising path, still correct.
     """
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    finite = torch.stack([torch.isfinite(g).all() for g in grads]).all() if grads else torch.tensor(True)
-    if bool(finite):
+    fused = torch.device(device).type in ("cpu", "cuda")
+    return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), fused=fused)
+
+
+def finite_step(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """Step ``optimizer`` unless some gradient is inf/NaN; return 1.0 if it stepped, else 0.0.
+
+    The flag is a tensor on the gradients' device, never read here. Under DDP the gradients are
+    already averaged over ranks, so every rank takes the same decision without a collective.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grads = [p.grad for p in params if p.grad is not None]
+    found_inf = torch.zeros((), device=params[0].device)
+    if not grads:
         optimizer.step()
-    return finite.float()
+        return 1.0 - found_inf
+    # GradScaler's check: one multi-tensor pass that sets found_inf to 1.0 on any inf/NaN
+    # (the "unscale" by 1.0 leaves the gradients bit-identical).
+    torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, torch.ones_like(found_inf))
+    if getattr(optimizer, "_step_supports_amp_scaling", False) and all(
+        group.get("fused") for group in optimizer.param_groups
+    ):
+        # Why found_inf and fused Adam: torch's fused Adam kernels (CPU and CUDA; called from
+        # torch/optim/adam.py _fused_adam with the optimizer's found_inf attribute, GradScaler's
+        # protocol) return before touching params, exp_avg and exp_avg_sq when found_inf is 1 and
+        # then subtract it from the step count, so a skipped step leaves no trace and needs no
+        # sync. The for-loop and foreach Adam refuse found_inf, and a torch.where guard would
+        # have to copy every parameter and moment each step to be able to restore them.
+        optimizer.found_inf = found_inf
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif not found_inf.item():  # any other optimizer: only the host can skip its step (a sync)
+        optimizer.step()
+    return 1.0 - found_inf
+
+
+def ddp_no_sync(model: nn.Module) -> AbstractContextManager:
+    """``DistributedDataParallel.no_sync`` of the DDP inside ``model``, or a null context."""
+    while not isinstance(model, nn.parallel.DistributedDataParallel):
+        if not hasattr(model, "_orig_mod"):
+            return contextlib.nullcontext()
+        model = model._orig_mod
+    return model.no_sync()
 
 
 def set_requires_grad(model: nn.Module, flag: bool) -> None:
@@ -106,9 +153,10 @@ def srgan_step(
     with ctx.autocast():
         sr = generator(lr)
         fake_logits = plain_d(sr)
+        # VGG costs more than G: it runs in the autocast dtype too; its MSE is taken in fp32.
+        l_perceptual = perceptual(sr, hr)
     sr32 = sr.float()
     l_content = content_loss(sr32, hr, ctx.loss.content)
-    l_perceptual = perceptual(sr32, hr)
     l_adversarial = adversarial_generator_loss(fake_logits.float())
     l_g = (
         ctx.loss.content_weight_srgan * l_content
@@ -118,13 +166,16 @@ def srgan_step(
     l_g.backward()
     stepped_g = finite_step(optimizer_g)
 
-    # 2. Discriminator: real and fake, each forward followed by its own backward.
+    # 2. Discriminator: real and fake, each forward followed by its own backward. The real
+    # pass's forward and backward run under no_sync (DDP reads the flag in forward); the fake
+    # pass's backward then all-reduces the accumulated real + fake gradients.
     set_requires_grad(plain_d, True)
     optimizer_d.zero_grad(set_to_none=True)
-    with ctx.autocast():
-        real_logits = discriminator(hr)
-    l_d_real = discriminator_real_loss(real_logits.float())
-    l_d_real.backward()
+    with ddp_no_sync(discriminator):
+        with ctx.autocast():
+            real_logits = discriminator(hr)
+        l_d_real = discriminator_real_loss(real_logits.float())
+        l_d_real.backward()
     with ctx.autocast():
         fake_logits_d = discriminator(sr.detach())
     l_d_fake = discriminator_fake_loss(fake_logits_d.float())

@@ -42,7 +42,7 @@ from srgan_dist.rundir import RunDir
 from srgan_dist.train import checkpoint as ckpt
 from srgan_dist.train.ema import GeneratorEMA
 from srgan_dist.train.faults import FaultHooks
-from srgan_dist.train.steps import StepContext, srgan_step, srresnet_step
+from srgan_dist.train.steps import StepContext, make_adam, srgan_step, srresnet_step
 from srgan_dist.train.validation import Validator
 from srgan_dist.vgg_weights import load_vgg19_features
 
@@ -104,7 +104,12 @@ class Trainables:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, part in self._parts().items():
+            fused = [group.get("fused") for group in getattr(part, "param_groups", [])]
             part.load_state_dict(state[name])
+            # Optimizer.load_state_dict takes the saved groups' options, `fused` included: keep
+            # the fused kernels (and finite_step's sync-free skip) for checkpoints of older runs.
+            for group, was_fused in zip(getattr(part, "param_groups", []), fused, strict=True):
+                group["fused"] = was_fused
 
     def scheduler_step(self) -> None:
         self.scheduler_g.step()
@@ -113,11 +118,11 @@ class Trainables:
 
 
 def build_trainables(cfg: Config, stage: str, device: torch.device) -> Trainables:
-    """Models, Adam (beta1 = 0.9) and the step-wise multi-step lr schedule of ``stage``."""
+    """Models, fused Adam (beta1 = 0.9) and the step-wise multi-step lr schedule of ``stage``."""
     stage_cfg = cfg.stage(stage)
 
     def adam(model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        optimizer = torch.optim.Adam(model.parameters(), lr=stage_cfg.lr, betas=(0.9, 0.999))
+        optimizer = make_adam(model.parameters(), stage_cfg.lr, device)
         schedule = torch.optim.lr_scheduler.MultiStepLR(
             optimizer, stage_cfg.lr_milestones, stage_cfg.lr_gamma
         )
