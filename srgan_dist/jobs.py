@@ -262,11 +262,14 @@ def build_training_job(
     from srgan_dist.config import load_config
 
     options = options or JobOptions()
-    cfg = load_config(config, list(overrides))
+    # --name/--storage are checked as the job's launch.py will check them: `--name ''` is an error.
+    flags = [f"run.name={name}"] if name is not None else []
+    flags += [f"run.storage={storage}"] if storage is not None else []
+    cfg = load_config(config, [*overrides, *flags])
     if workers is not None:
         parse_workers(workers)
-    name = name or cfg.run.name
-    storage = check_storage(storage or cfg.run.storage)
+    name = cfg.run.name
+    storage = check_storage(cfg.run.storage)
     entrypoint = training_entrypoint(
         config=config_path_for_job(config, options.working_dir),
         name=name,

@@ -53,9 +53,9 @@ def config_from_args(args: argparse.Namespace):
     from srgan_dist.config import load_config
 
     overrides = list(args.overrides)
-    if args.name:
+    if args.name is not None:  # `--name ''` is an error (from the config check), not the default
         overrides.append(f"run.name={args.name}")
-    if args.storage:
+    if args.storage is not None:
         overrides.append(f"run.storage={args.storage}")
     if args.workers is not None:
         overrides += workers_overrides(args.workers)
