@@ -74,8 +74,9 @@ def run_upscale(args: argparse.Namespace) -> int:
         tiling, device = _setup(args)
         inputs = collect_inputs(args.input)
         report = upscale_files(
-            args.weights, inputs, args.output, tiling=tiling, device=str(device), stage=args.stage
-        )
+            args.weights, inputs, args.output, tiling=tiling, device=str(device), stage=args.stage,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     except ValueError as error:  # includes WeightsError
         return _fail("upscale", error)
     print(f"wrote {len(report.written)} image(s) at x{report.spec.scale} to {args.output}")
@@ -140,12 +141,16 @@ def register(subparsers) -> None:
             "Upscale each input by the generator's scale and write <stem>.png into --output. "
             "Grayscale stays grayscale, 16-bit grayscale stays 16-bit, alpha is upscaled with "
             "bicubic, EXIF orientation is applied. Unreadable inputs are skipped, listed at the end, "
-            "and make the exit code 1."
+            "and make the exit code 1. Existing files in --output are never replaced unless "
+            "--overwrite is given: otherwise they are listed and nothing is written (exit code 2)."
         ),
     )
     _add_weights(upscale)
     upscale.add_argument("--input", required=True, metavar="FILE_OR_DIR", help="an image or a folder")
     upscale.add_argument("--output", required=True, metavar="DIR", help="folder for the <stem>.png results")
+    upscale.add_argument(
+        "--overwrite", action="store_true", help="replace results that already exist in --output"
+    )
     _add_tiling(upscale)
     upscale.set_defaults(func=run_upscale)
 
