@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from srgan_dist.commands import cluster, data, infer, tensorboard, train
+from srgan_dist.commands import cluster, data, infer, parse_with_overrides, tensorboard, train
 
 COMMAND_MODULES = (train, cluster, data, infer, tensorboard)
 
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_with_overrides(build_parser(), argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

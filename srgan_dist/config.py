@@ -302,9 +302,21 @@ class RunConfig:
     made absolute against the directory ``launch.py`` was started from."""
 
     def __post_init__(self) -> None:
-        ok = bool(self.name) and "/" not in self.name and not self.name.startswith(".")
-        _require(ok, "run.name", f"must be a plain folder name, got {self.name!r}")
-        _require(bool(self.storage), "run.storage", "must not be empty")
+        _require(
+            RUN_NAME_PATTERN.fullmatch(self.name) is not None,
+            "run.name",
+            f"got {self.name!r}; use 1-{RUN_NAME_MAX_LENGTH} ASCII letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+        )
+        _require(self.storage.strip() != "", "run.storage", "must not be empty")
+
+
+# A run name is a folder name, part of Ray Train's run name ``<name>-<stage>`` and of its metric
+# tags (Ray encodes those as ASCII: other characters fail with UnicodeEncodeError inside Ray Train's
+# controller, after the run has started), and of job ids and shell commands the CLI prints.
+# 200 leaves room for ``-<stage>`` and ``-<timestamp>`` under the 255-byte file name limit.
+RUN_NAME_MAX_LENGTH = 200
+RUN_NAME_PATTERN = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{RUN_NAME_MAX_LENGTH - 1}}}")
 
 
 @dataclass(kw_only=True)

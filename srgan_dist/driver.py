@@ -280,18 +280,11 @@ def run_training(
     """Train every stage of ``cfg`` not finished yet; return ``summary.json``'s content."""
     cfg = resolve_paths(cfg)
     run_dir = run_dir_of(cfg)
+    run_dir.check_location()
     check_run_directory(cfg, run_dir, resume)
     train_files, val_files = scan_data(cfg, run_dir)
     check_vgg(cfg)
     print(f"Data: {len(train_files)} training image(s), {len(val_files)} validation image(s)", flush=True)
-
-    run_dir.root.mkdir(parents=True, exist_ok=True)
-    run_dir.config_file.write_text(to_yaml(cfg))
-    print(f"Run directory: {run_dir.root}", flush=True)
-    print(
-        f"TensorBoard:   tensorboard --logdir {run_dir.tensorboard_root}   "
-        f"(or: srgan-dist tensorboard {run_dir.root})"
-    )
 
     summary = load_summary(run_dir)
     summary["run"] = {"name": cfg.run.name, "run_dir": str(run_dir.root)}
@@ -303,6 +296,16 @@ def run_training(
     if not all(finished(stage) for stage in cfg.train.stages):  # nothing left: no Ray needed
         connect_ray(address, cfg.scaling.num_workers, cfg.scaling.cpus_per_worker)
         use_gpu = decide_gpu(cfg)
+
+    # The run starts here: config.yaml marks the folder as holding a run (a new run with this
+    # name then needs --resume), so a failure in pre-flight or while connecting must not write it.
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    run_dir.config_file.write_text(to_yaml(cfg))
+    print(f"Run directory: {run_dir.root}", flush=True)
+    print(
+        f"TensorBoard:   tensorboard --logdir {run_dir.tensorboard_root}   "
+        f"(or: srgan-dist tensorboard {run_dir.root})"
+    )
 
     previous_generator: Path | None = None
     for stage in cfg.train.stages:

@@ -64,10 +64,14 @@ class EvaluationReport:
     spec: GeneratorSpec
     lr_source: str
     images: list[ImageScores] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    """HR images that could not be scored, and why (the others are still scored)."""
     lpips: str = "not requested"
     """``computed (...)``, ``not requested``, or why it is unavailable."""
 
     def means(self) -> dict[str, float]:
+        if not self.images:
+            return {}
         keys = ["psnr_model", "ssim_model", "psnr_bicubic", "ssim_bicubic"]
         if self.images and self.images[0].lpips_model is not None:
             keys += ["lpips_model", "lpips_bicubic"]
@@ -91,10 +95,13 @@ class EvaluationReport:
             "images": [asdict(scores) for scores in self.images],
             "mean": self.means(),
             "gain": self.gains(),
+            "failed": [{"file": path.name, "reason": reason} for path, reason in self.failed],
         }
 
     def table(self) -> str:
         """Per-image table, then means and the gain over bicubic."""
+        if not self.images:
+            return f"no image could be scored ({len(self.failed)} failed)"
         has_lpips = self.images and self.images[0].lpips_model is not None
         name_width = max([len("image"), len("mean"), *(len(s.name) for s in self.images)])
         header = f"{'image':<{name_width}}  {'size':>9}  {'PSNR':>7} {'SSIM':>6}  {'bicubic':>7} {'SSIM':>6}"
@@ -179,7 +186,11 @@ def evaluate(
     device: torch.device | str = "cpu",
     lpips: bool = False,
 ) -> EvaluationReport:
-    """Score ``model`` (on ``device``, eval mode) and bicubic on every image in ``hr_dir``."""
+    """Score ``model`` (on ``device``, eval mode) and bicubic on every image in ``hr_dir``.
+
+    An image that cannot be scored (unreadable, too small for the SSIM window after the border
+    crop, no LR image in ``lr_dir``) goes to ``report.failed`` with the reason; the rest are scored.
+    """
     hr_dir = Path(hr_dir)
     if not hr_dir.is_dir():
         raise ValueError(f"--hr {hr_dir}: no such folder")
@@ -198,10 +209,14 @@ def evaluate(
     scorer, lpips_status = lpips_scorer(torch.device(device)) if lpips else (None, "not requested")
     report = EvaluationReport(weights_label, spec, lr_source, lpips=lpips_status)
     for hr_path in hr_files:
-        lr, hr = lr_hr_pair(hr_path, scale, lr_files)
-        sr_model = quantize(upscale_rgb(model, to_unit(lr), tiling, device), 8)
-        sr_bicubic = bicubic_upscale(lr, scale)
-        model_scores, bicubic_scores = score_y(sr_model, hr, scale), score_y(sr_bicubic, hr, scale)
+        try:
+            lr, hr = lr_hr_pair(hr_path, scale, lr_files)
+            sr_model = quantize(upscale_rgb(model, to_unit(lr), tiling, device), 8)
+            sr_bicubic = bicubic_upscale(lr, scale)
+            model_scores, bicubic_scores = score_y(sr_model, hr, scale), score_y(sr_bicubic, hr, scale)
+        except ValueError as error:  # unreadable, too small, or no LR image: this image only
+            report.failed.append((hr_path, str(error).removeprefix(f"{hr_path}: ")))
+            continue
         report.images.append(
             ImageScores(
                 name=hr_path.name,

@@ -230,6 +230,23 @@ def output_paths(inputs: list[Path], output_dir: Path) -> list[Path]:
     return outputs
 
 
+def check_outputs(outputs: list[Path], output_dir: Path, overwrite: bool) -> None:
+    """``--output`` must be (or become) a folder, and no result may replace a file unless
+    ``overwrite``: checked before any weights are loaded or images read."""
+    for path in (output_dir, *output_dir.parents):
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--output {output_dir}: {path} is a file, not a folder")
+    existing = [path for path in outputs if path.exists()]
+    if existing and not overwrite:
+        shown = ", ".join(map(str, existing[:5])) + (
+            f" and {len(existing) - 5} more" if len(existing) > 5 else ""
+        )
+        raise ValueError(
+            f"--output {output_dir}: {len(existing)} result(s) already exist: {shown}; pass --overwrite "
+            "to replace them (nothing was written)"
+        )
+
+
 @dataclass
 class UpscaleReport:
     """What an ``upscale`` run wrote, and which inputs it skipped and why."""
@@ -248,15 +265,18 @@ def upscale_files(
     device: str | None = None,
     stage: str | None = None,
     progress: bool | None = None,
+    overwrite: bool = False,
 ) -> UpscaleReport:
     """Upscale each input to ``<output_dir>/<stem>.png``; unreadable inputs are skipped and listed.
 
+    Existing results are an error (naming them, before any work) unless ``overwrite``.
     ``progress=None`` shows tqdm bars only on a terminal.
     """
     from tqdm import tqdm
 
     torch_device = resolve_device(device)
     outputs = output_paths(inputs, Path(output_dir))
+    check_outputs(outputs, Path(output_dir), overwrite)
     model, spec = load_generator(weights, stage)
     model.to(torch_device)
     log.info(

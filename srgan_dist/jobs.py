@@ -19,6 +19,7 @@ import datetime as dt
 import os
 import re
 import shlex
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any, TextIO
 from srgan_dist.rundir import join_run_location
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# How long a host:port (GCS) address may take to accept a TCP connection (see ``client``).
+GCS_CONNECT_TIMEOUT_S = 5.0
 
 # Never uploaded with the working dir (gitignore-style, relative to it). Ray also honours the
 # project's .gitignore and a .rayignore.
@@ -262,11 +265,14 @@ def build_training_job(
     from srgan_dist.config import load_config
 
     options = options or JobOptions()
-    cfg = load_config(config, list(overrides))
+    # --name/--storage are checked as the job's launch.py will check them: `--name ''` is an error.
+    flags = [f"run.name={name}"] if name is not None else []
+    flags += [f"run.storage={storage}"] if storage is not None else []
+    cfg = load_config(config, [*overrides, *flags])
     if workers is not None:
         parse_workers(workers)
-    name = name or cfg.run.name
-    storage = check_storage(storage or cfg.run.storage)
+    name = cfg.run.name
+    storage = check_storage(cfg.run.storage)
     entrypoint = training_entrypoint(
         config=config_path_for_job(config, options.working_dir),
         name=name,
@@ -285,10 +291,37 @@ def build_training_job(
 # Talking to a job server (Ray imported here only).
 
 
+def check_gcs_reachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> None:
+    """Raise ``JobError`` in one line if ``address`` is a ``host:port`` that refuses or ignores a
+    TCP connection for ``timeout_s``.
+
+    Given ``host:port`` rather than an ``http://`` URL, the Jobs SDK asks the GCS there for the
+    job server's URL and, when nothing answers, retries for about 40 s before an ``RpcError``
+    traceback.
+    """
+    if "://" in address or address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return  # Ray's own message for an address it cannot parse
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise JobError(
+            f"no Ray cluster answers at {address} ({error or 'timed out'}); give the job server "
+            f"URL instead, e.g. --address {DEFAULT_ADDRESS} (or export RAY_ADDRESS=...)"
+        ) from None
+
+
 def client(address: str | None):
     """A ``JobSubmissionClient`` for ``address`` (see ``resolve_address``)."""
     from ray.job_submission import JobSubmissionClient
 
+    # The Jobs SDK prefers these environment variables to the address it is given.
+    used = (
+        os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or resolve_address(address)
+    )
+    check_gcs_reachable(used)
     return JobSubmissionClient(resolve_address(address))
 
 

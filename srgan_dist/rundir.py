@@ -85,6 +85,18 @@ class RunDir:
     def nonfinite_marker(self, stage: str) -> Path:
         return self.root / stage / NONFINITE_FILE
 
+    def check_location(self) -> None:
+        """Raise ``ConfigError`` if the storage root or the run folder cannot be a folder (a file
+        is in the way), before anything is written."""
+        from srgan_dist.config import ConfigError
+
+        storage = self.root.parent
+        for path in (storage, *storage.parents):
+            if path.exists() and not path.is_dir():
+                raise ConfigError(f"run.storage: {path} is a file, not a folder; choose another --storage")
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"run.name: {self.root} is a file, not a run folder; choose another --name")
+
     def final_generator(self) -> Path | None:
         """The generator of the last stage exported so far, or None."""
         for stage in STAGES_LAST_FIRST:

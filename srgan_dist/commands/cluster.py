@@ -81,7 +81,9 @@ def register(subparsers) -> None:
         "--entrypoint",
         help="advanced: run this shell command instead of launch.py (smoke tests, custom scripts)",
     )
-    submit.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    submit.add_argument(
+        "overrides", nargs="*", metavar="key.path=value", help="config overrides (anywhere on the line)"
+    )
     submit.set_defaults(func=_job_server_errors(run_submit))
 
     status = subparsers.add_parser(

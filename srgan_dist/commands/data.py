@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def register(subparsers) -> None:
@@ -71,7 +72,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     except DataError as error:
-        print(f"srgan-dist prepare: {error}")
+        print(f"srgan-dist prepare: {error}", file=sys.stderr)
         return 1
     for path, reason in report.skipped:
         print(f"skipped {path}: {reason}")
@@ -92,7 +93,7 @@ def run_sample_data(args: argparse.Namespace) -> int:
     try:
         written = write_sample_data(args.out)
     except DataError as error:
-        print(f"srgan-dist sample-data: {error}")
+        print(f"srgan-dist sample-data: {error}", file=sys.stderr)
         return 1
     for split, paths in written.items():
         names = ", ".join(path.name for path in paths)

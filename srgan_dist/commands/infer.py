@@ -6,7 +6,8 @@
 
 ``--weights`` is a ``generator_<stage>.safetensors`` file or a run directory (its final stage:
 srgan if exported, else srresnet; ``--stage`` picks one). Exit codes: 0 success, 1 some inputs
-were unreadable (upscale) or an export failed its parity check, 2 bad arguments or weights.
+were unreadable (upscale) or could not be scored (evaluate) or an export failed its parity check,
+2 bad arguments or weights (or, for upscale, results that exist without --overwrite).
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ def run_upscale(args: argparse.Namespace) -> int:
         tiling, device = _setup(args)
         inputs = collect_inputs(args.input)
         report = upscale_files(
-            args.weights, inputs, args.output, tiling=tiling, device=str(device), stage=args.stage
-        )
+            args.weights, inputs, args.output, tiling=tiling, device=str(device), stage=args.stage,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     except ValueError as error:  # includes WeightsError
         return _fail("upscale", error)
     print(f"wrote {len(report.written)} image(s) at x{report.spec.scale} to {args.output}")
@@ -88,11 +90,24 @@ def run_upscale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_json_path(path: str) -> None:
+    """``--json``: its folder must exist and it must not be one, checked before any scoring."""
+    import os
+
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path} is a folder; give a file name")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ValueError(f"--json {path}: folder {folder} does not exist")
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from srgan_dist.evaluate import evaluate
     from srgan_dist.generator_io import find_generator, load_generator
 
     try:
+        if args.json:
+            _check_json_path(args.json)
         tiling, device = _setup(args)
         path = find_generator(args.weights, args.stage)
         model, spec = load_generator(path)
@@ -111,6 +126,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
             json.dump(report.to_json(), handle, indent=2)
             handle.write("\n")
         print(f"wrote {args.json}")
+    if report.failed:
+        print(f"{len(report.failed)} image(s) could not be scored:", file=sys.stderr)
+        for path, reason in report.failed:
+            print(f"  {path}: {reason}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -141,12 +161,16 @@ def register(subparsers) -> None:
             "Upscale each input by the generator's scale and write <stem>.png into --output. "
             "Grayscale stays grayscale, 16-bit grayscale stays 16-bit, alpha is upscaled with "
             "bicubic, EXIF orientation is applied. Unreadable inputs are skipped, listed at the end, "
-            "and make the exit code 1."
+            "and make the exit code 1. Existing files in --output are never replaced unless "
+            "--overwrite is given: otherwise they are listed and nothing is written (exit code 2)."
         ),
     )
     _add_weights(upscale)
     upscale.add_argument("--input", required=True, metavar="FILE_OR_DIR", help="an image or a folder")
     upscale.add_argument("--output", required=True, metavar="DIR", help="folder for the <stem>.png results")
+    upscale.add_argument(
+        "--overwrite", action="store_true", help="replace results that already exist in --output"
+    )
     _add_tiling(upscale)
     upscale.set_defaults(func=run_upscale)
 
@@ -157,7 +181,9 @@ def register(subparsers) -> None:
             "For each HR image: crop to a multiple of the scale, make LR with Pillow bicubic "
             "(antialiased) unless --lr-dir is given, upscale with the generator and with bicubic, "
             "and report PSNR/SSIM on Y (BT.601) with border = scale: per image, means, and the "
-            "gain over bicubic."
+            "gain over bicubic. Images that cannot be scored (unreadable, too small, no LR image) "
+            "are listed and make the exit code 1; the others are still scored (and --json then "
+            "holds a 'failed' list)."
         ),
     )
     _add_weights(evaluate)

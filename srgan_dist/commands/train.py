@@ -34,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tensorboard", action="store_true", help="also serve the run's TensorBoard on 127.0.0.1:6006"
     )
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value", help="config overrides")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.path=value", help="config overrides (anywhere on the line)"
+    )
 
 
 def workers_overrides(text: str) -> list[str]:
@@ -53,9 +55,9 @@ def config_from_args(args: argparse.Namespace):
     from srgan_dist.config import load_config
 
     overrides = list(args.overrides)
-    if args.name:
+    if args.name is not None:  # `--name ''` is an error (from the config check), not the default
         overrides.append(f"run.name={args.name}")
-    if args.storage:
+    if args.storage is not None:
         overrides.append(f"run.storage={args.storage}")
     if args.workers is not None:
         overrides += workers_overrides(args.workers)
@@ -96,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     """``python launch.py ...``"""
     import logging
 
+    from srgan_dist.commands import parse_with_overrides
+
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run(args)

@@ -117,6 +117,9 @@ def prepare_subimages(
         raise DataError(f"prepare: JPEG quality must be in 1..100, got {quality}")
     data_cfg = data_cfg or DataConfig(on_bad_file="skip")
     out = Path(out).resolve()
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            raise DataError(f"prepare: OUT {path} is a file, not a folder; choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     params = {"tile": tile, "step": step, "format": fmt, "quality": quality if fmt == "jpeg" else None}
     params_file = out / "prepare.json"
