@@ -275,7 +275,13 @@ class ScalingConfig:
     """Elastic runs: start as soon as this many workers fit and grow to ``num_workers`` (Ray Train
     restarts the group from the latest checkpoint when the size changes). 0 = a fixed size."""
     accelerator: Literal["auto", "gpu", "cpu"] = "auto"
-    """``auto`` uses GPUs when the Ray cluster has any, otherwise CPUs."""
+    """``gpu`` asks Ray for one GPU per worker and waits (``resource_timeout_s``) while an
+    autoscaler adds GPU nodes; ``auto`` uses GPUs only if the cluster has them right now (the
+    laptop default: on an autoscaling cluster whose GPU nodes start at 0 it would pick CPUs);
+    ``cpu`` never uses GPUs."""
+    resource_timeout_s: float = 900.0
+    """With ``accelerator: gpu``: how long to wait for the cluster to have a GPU per worker before
+    giving up with an error (nothing is started or lost by then)."""
     cpus_per_worker: float = 1.0
     """CPUs Ray reserves for each worker (data decoding threads run inside it)."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
@@ -289,6 +295,7 @@ class ScalingConfig:
             f"must be between 0 (fixed size) and scaling.num_workers={self.num_workers}, got {self.min_workers}",
         )
         _require(self.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0")
+        _require(self.resource_timeout_s > 0, "scaling.resource_timeout_s", "must be > 0 seconds")
 
 
 @dataclass(kw_only=True)

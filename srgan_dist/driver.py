@@ -149,23 +149,71 @@ def connect_ray(address: str | None, num_workers: int, cpus_per_worker: float) -
 
 
 def decide_gpu(cfg: Config) -> bool:
+    """GPU or CPU workers, said in one line with the reason; with ``gpu``, wait for the GPUs."""
     import ray
 
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if cfg.scaling.accelerator == "gpu" and gpus < 1:
-        raise RunError("scaling.accelerator=gpu but the Ray cluster has no GPUs")
-    use_gpu = cfg.scaling.accelerator == "gpu" or (cfg.scaling.accelerator == "auto" and gpus >= 1)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    accelerator = cfg.scaling.accelerator
+    use_gpu = accelerator == "gpu" or (accelerator == "auto" and gpus >= 1)
     workers = workers_setting(cfg)
     count = f"{workers[0]}-{workers[1]} (elastic)" if isinstance(workers, tuple) else str(workers)
     if use_gpu:
-        print(f"Training on GPUs: {count} worker(s), 1 GPU each (NCCL)", flush=True)
+        why = "scaling.accelerator=gpu" if accelerator == "gpu" else f"auto: the cluster has {gpus} GPU(s)"
+        print(f"Training on GPUs: {count} worker(s), 1 GPU each (NCCL) - {why}", flush=True)
+        needed = workers[0] if isinstance(workers, tuple) else workers
+        wait_for_gpus(needed, cfg.scaling.cpus_per_worker, cfg.scaling.resource_timeout_s)
     else:
+        why = (
+            "scaling.accelerator=cpu"
+            if accelerator == "cpu"
+            else "auto: no GPUs in the Ray cluster now (on an autoscaling cluster whose GPU nodes "
+            "start at 0, set scaling.accelerator=gpu)"
+        )
         print(
-            f"Training on CPUs: {count} worker(s), {cfg.scaling.cpus_per_worker:g} CPU each "
-            "(gloo)" + (" - no GPUs in the Ray cluster" if cfg.scaling.accelerator == "auto" else ""),
+            f"Training on CPUs: {count} worker(s), {cfg.scaling.cpus_per_worker:g} CPU each (gloo) - {why}",
             flush=True,
         )
     return use_gpu
+
+
+def wait_for_gpus(needed: int, cpus_per_worker: float, timeout_s: float, poll_s: float = 2.0) -> None:
+    """Ask the autoscaler for ``needed`` GPU workers and wait until the cluster has that many GPUs.
+
+    ``request_resources`` is how Ray's autoscaler learns about demand before any task asks; the
+    request is withdrawn once the GPUs are there (Ray Train's own placement group then holds them).
+    Prints a waiting line every minute; raises ``RunError`` after ``timeout_s``, before anything
+    is started, so nothing is lost.
+    """
+    import ray
+    from ray.autoscaler.sdk import request_resources
+
+    def gpus_now() -> int:
+        return int(ray.cluster_resources().get("GPU", 0))
+
+    if gpus_now() >= needed:
+        return
+    request_resources(bundles=[{"GPU": 1, "CPU": cpus_per_worker}] * needed)
+    started, last_said = time.monotonic(), None
+    try:
+        while (have := gpus_now()) < needed:
+            waited = time.monotonic() - started
+            if waited >= timeout_s:
+                raise RunError(
+                    f"gave up after {waited:.0f} s waiting for {needed} GPU worker(s): the cluster has {have} "
+                    "GPU(s). Check the autoscaler (ray status, the GPU node type's max_workers and quota), "
+                    "raise scaling.resource_timeout_s, or use fewer --workers. Nothing was started."
+                )
+            if last_said is None or time.monotonic() - last_said >= 60:
+                print(
+                    f"waiting for {needed} GPU worker(s) (cluster has {have} GPU(s); the autoscaler may be "
+                    f"adding nodes)... {waited:.0f} s of {timeout_s:.0f} s",
+                    flush=True,
+                )
+                last_said = time.monotonic()
+            time.sleep(poll_s)
+    finally:
+        request_resources(bundles=[])
+    print(f"{needed} GPU(s) available after {time.monotonic() - started:.0f} s", flush=True)
 
 
 def workers_setting(cfg: Config) -> int | tuple[int, int]:

@@ -1,0 +1,72 @@
+"""``scaling.accelerator: gpu`` on a cluster without GPUs yet: the driver asks Ray for them and
+waits, and gives up with a clear error after ``scaling.resource_timeout_s``.
+
+Uses real Ray clusters from ``ray.cluster_utils`` on this machine; a node with a *logical* GPU
+(``num_gpus=1``) joining later stands in for the node an autoscaler adds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from srgan_dist.config import load_config
+from srgan_dist.driver import RunError, decide_gpu
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def gpu_config(*overrides: str):
+    return load_config(None, ["scaling.accelerator=gpu", "scaling.num_workers=1", *overrides])
+
+
+def test_gpu_run_without_gpus_gives_up_after_the_timeout(cluster, capsys):
+    started = time.monotonic()
+    with pytest.raises(RunError, match=r"waiting for 1 GPU worker\(s\): the cluster has 0 GPU") as error:
+        decide_gpu(gpu_config("scaling.resource_timeout_s=3"))
+    assert "Nothing was started" in str(error.value)
+    assert time.monotonic() - started < 60
+    out = capsys.readouterr().out
+    assert "Training on GPUs: 1 worker(s), 1 GPU each (NCCL) - scaling.accelerator=gpu" in out
+    assert "waiting for 1 GPU worker(s) (cluster has 0 GPU(s); the autoscaler may be adding nodes)" in out
+
+
+def test_gpu_run_waits_for_a_gpu_node_that_joins_later(cluster, capsys):
+    import ray
+
+    outcome: dict = {}
+    waiter = threading.Thread(
+        target=lambda: outcome.update(use_gpu=decide_gpu(gpu_config("scaling.resource_timeout_s=120")))
+    )
+    waiter.start()
+    time.sleep(3)
+    assert waiter.is_alive()  # still waiting: no GPU yet
+    cluster.add_node(num_cpus=1, num_gpus=1)  # Ray starts nodes from the main thread only
+    waiter.join(timeout=100)
+    assert outcome == {"use_gpu": True}
+    assert ray.cluster_resources().get("GPU") == 1
+    out = capsys.readouterr().out
+    assert "waiting for 1 GPU worker(s) (cluster has 0 GPU(s)" in out
+    assert "1 GPU(s) available after" in out
+
+
+def test_auto_says_why_it_picked(cluster, capsys):
+    # The GPU node of the previous test is there now: auto takes it, and says so.
+    assert decide_gpu(load_config(None, ["scaling.accelerator=auto"])) is True
+    assert "auto: the cluster has 1 GPU(s)" in capsys.readouterr().out
+    assert decide_gpu(load_config(None, ["scaling.accelerator=cpu"])) is False
+    assert "scaling.accelerator=cpu" in capsys.readouterr().out
