@@ -223,6 +223,54 @@ def workers_setting(cfg: Config) -> int | tuple[int, int]:
     return cfg.scaling.num_workers
 
 
+def set_aside_stale_ray_snapshot(stage: str, stage_dir: Path) -> None:
+    """Let a stage resume when Ray's run snapshot lists checkpoints that are gone or damaged.
+
+    Ray Train keeps the checkpoints it registered in ``<stage_dir>/checkpoint_manager_snapshot.json``
+    and refuses to start a run whose snapshot lists a folder that is gone, or that it cannot parse
+    (``CheckpointManager._maybe_load_state_from_storage`` / ``_assert_checkpoints_exist``). Workers
+    choose their checkpoint from the folders on disk (``StageTrainer.resume``), so that list only
+    decides what Ray prunes (``num_to_keep``) and hands back as ``Result.checkpoint``. A stale one
+    is renamed ``*.stale`` and Ray starts with an empty list; no checkpoint folder is touched (the
+    older ones are then never pruned). A damaged one is set aside too: otherwise Ray would later
+    prune it by path, deleting the good checkpoint re-written under the same name.
+    """
+    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+
+    from srgan_dist.train import checkpoint as ckpt
+
+    path = stage_dir / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+    if not path.is_file():
+        return
+    problem, damaged = "", ""
+    try:
+        snapshot = json.loads(path.read_text())
+        listed = [entry["checkpoint_dir_name"] for entry in snapshot["checkpoint_results"]]
+        if snapshot.get("latest_checkpoint_result"):
+            listed.append(snapshot["latest_checkpoint_result"]["checkpoint_dir_name"])
+    except (ValueError, KeyError, TypeError) as error:  # half-written (Ray does not write it atomically)
+        problem = f"Ray's run snapshot is unreadable ({error!r})"
+    else:
+        gone = sorted({name for name in listed if not (stage_dir / name).is_dir()})
+        if gone:
+            problem = f"checkpoint folder(s) {', '.join(gone)} are gone"
+        for name in sorted(set(listed) - set(gone)):
+            try:
+                ckpt.verify_checkpoint(stage_dir / name)
+            except ckpt.CheckpointError:
+                damaged = name  # the worker names it when it skips it
+    if not problem and not damaged:
+        return
+    aside = path.with_name(path.name + ".stale")
+    path.replace(aside)
+    if problem:
+        print(f"Stage {stage}: {problem}; resuming from the newest good checkpoint left ({aside} kept)")
+    else:
+        log.info(
+            "stage %s: Ray's run snapshot lists damaged checkpoint %s; kept as %s", stage, damaged, aside
+        )
+
+
 def run_stage(
     cfg: Config,
     stage: str,
@@ -265,7 +313,14 @@ def run_stage(
             checkpoint_config=CheckpointConfig(num_to_keep=stage_cfg.num_to_keep),
         ),
     )
-    return trainer.fit()
+    set_aside_stale_ray_snapshot(stage, run_dir.checkpoints(stage))
+    error_file = run_dir.stage_error(stage)
+    error_file.unlink(missing_ok=True)
+    result = trainer.fit()
+    if error_file.is_file():  # see train/loop.py: errors a restart cannot fix end the attempt
+        error = json.loads(error_file.read_text())
+        raise RunError(f"stage {stage} cannot start: {error['message']} (not retried: it would fail again)")
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,7 +348,10 @@ def export_stage_generator(
     if result.checkpoint is None:
         raise RunError(f"stage {stage} finished without a checkpoint; see the log above")
     with result.checkpoint.as_directory() as directory:
-        state = ckpt.load_checkpoint(Path(directory), stage)
+        try:
+            state = ckpt.load_checkpoint(Path(directory), stage)
+        except ckpt.CheckpointError as error:
+            raise RunError(f"stage {stage}: its final checkpoint is unusable: {error}") from error
     spec = GeneratorSpec.from_model_config(cfg.model, stage=stage, step=int(state["step"]))
     generator = spec.build()
     generator.load_state_dict(generator_weights_to_export(state))

@@ -9,6 +9,7 @@ Everything a run writes, and everything that reads a finished run, names files t
       tensorboard/<stage>/             rank 0's TensorBoard events, one sub-folder per stage
       <name>-<stage>/step-NNNNNNNN/    Ray Train's checkpoints of each stage
       <stage>/nonfinite.json           why a stage stopped on a non-finite loss (only then)
+      <stage>/error.json               why a stage could not start (only then; see train/loop.py)
       generator_<stage>.safetensors    the stage's generator (+ generator_<stage>.json sidecar)
       .scan_cache/                     pre-flight scan results (unless data.cache_dir is set)
 
@@ -25,6 +26,7 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 TENSORBOARD_DIR = "tensorboard"
 NONFINITE_FILE = "nonfinite.json"
+STAGE_ERROR_FILE = "error.json"
 SCAN_CACHE_DIR = ".scan_cache"
 # The final model of a run is the last stage it exported; later stages first.
 STAGES_LAST_FIRST = ("srgan", "srresnet")
@@ -96,6 +98,9 @@ class RunDir:
                 raise ConfigError(f"run.storage: {path} is a file, not a folder; choose another --storage")
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"run.name: {self.root} is a file, not a run folder; choose another --name")
+
+    def stage_error(self, stage: str) -> Path:
+        return self.root / stage / STAGE_ERROR_FILE
 
     def final_generator(self) -> Path | None:
         """The generator of the last stage exported so far, or None."""

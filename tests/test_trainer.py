@@ -224,3 +224,22 @@ def test_cadence_logs_validates_every_interval_and_the_last_step_but_leaves_its_
     assert [s for s in range(1, 8) if cadence.should_validate(s)] == [3, 6, 7]
     assert [s for s in range(1, 8) if cadence.should_checkpoint(s)] == [3, 6]
     assert [s for s in range(1, 8) if cadence.is_window_end(s)] == [2, 3, 4, 6, 7]
+
+
+def test_resume_takes_the_newest_good_checkpoint_of_the_stage(photos, tmp_path):
+    """``resume`` (what the Ray entry point calls) skips a truncated newest checkpoint."""
+    cfg = tiny_config(tmp_path, "srresnet.checkpoint_interval=2")
+    stage_dir = RunDir.of(cfg.run.storage, cfg.run.name).checkpoints("srresnet")
+    trainer = make_trainer(cfg, "srresnet", photos, Recorder(stage_dir, crash_at_step=4))
+    trainer.resume(None)
+    assert not trainer.resumed  # no checkpoint yet: a fresh start
+    with pytest.raises(Crash):
+        trainer.run()
+    newest = stage_dir / ckpt.checkpoint_dir_name(4) / ckpt.STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:100])
+
+    resumed = make_trainer(cfg, "srresnet", photos, Recorder(tmp_path / "unused"))
+    resumed.resume(None)
+    assert resumed.resumed and resumed.step == 2
+    assert resumed.damaged_note.startswith("skipped damaged checkpoint(s), resuming from step-00000002: ")
+    assert f"{newest}: 100 bytes" in resumed.damaged_note and "\n" not in resumed.damaged_note

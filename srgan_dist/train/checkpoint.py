@@ -5,7 +5,12 @@ A checkpoint folder holds
   EMA, step, data position, wall time — tensors and plain Python only, so it loads with
   ``torch.load(weights_only=True)``;
 - ``config.yaml``: the resolved run config;
-- ``meta.json``: format version, stage and step, readable without torch.
+- ``meta.json``: format version, stage and step, readable without torch;
+- ``manifest.json``: size and sha256 of each file above, written last and atomically, so a
+  folder without it is incomplete and one whose files disagree with it is damaged.
+
+``load_checkpoint`` checks the manifest before it unpickles anything; ``load_newest_good`` is how
+a stage resumes: the newest ``step-*`` folder that verifies and loads, skipping damaged ones.
 
 bf16 autocast needs no gradient scaler, so none is stored (``amp: bf16`` is the only AMP mode).
 No RNG state is stored: every step seeds its random streams from (seed, rank, step).
@@ -13,7 +18,12 @@ No RNG state is stored: every step seeds its random streams from (seed, rank, st
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +31,12 @@ import torch
 
 from srgan_dist.rundir import CONFIG_FILE
 
-CHECKPOINT_FORMAT_VERSION = 2  # 2: EMA added, RNG state dropped (1 still loads)
+CHECKPOINT_FORMAT_VERSION = 3  # 3: manifest.json; 2: EMA added, RNG state dropped
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FILES = (STATE_FILE, CONFIG_FILE, META_FILE)
+_DIR_PATTERN = re.compile(r"step-(\d{8})")
 
 
 class CheckpointError(ValueError):
@@ -35,18 +48,61 @@ def checkpoint_dir_name(step: int) -> str:
 
 
 def save_checkpoint(directory: Path, state: dict[str, Any], stage: str, config_yaml: str) -> None:
-    """Write a checkpoint into ``directory`` (a fresh temporary folder)."""
+    """Write a checkpoint into ``directory`` (a fresh temporary folder); the manifest comes last."""
     torch.save(state, directory / STATE_FILE)
     (directory / CONFIG_FILE).write_text(config_yaml)
     meta = {"format_version": CHECKPOINT_FORMAT_VERSION, "stage": stage, "step": int(state["step"])}
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    manifest = {
+        name: {"size": (directory / name).stat().st_size, "sha256": _sha256(directory / name)}
+        for name in MANIFEST_FILES
+    }
+    partial = directory / (MANIFEST_FILE + ".partial")
+    partial.write_text(json.dumps({"files": manifest}, indent=2) + "\n")
+    os.replace(partial, directory / MANIFEST_FILE)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """Raise ``CheckpointError`` naming the file and what is wrong unless every file matches the manifest."""
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise CheckpointError(
+            f"{manifest_path}: missing, the checkpoint is incomplete (or older than format 3)"
+        )
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+        expected = {name: (int(files[name]["size"]), str(files[name]["sha256"])) for name in MANIFEST_FILES}
+    except (ValueError, KeyError, TypeError) as error:  # not JSON, or not our layout
+        raise CheckpointError(f"{manifest_path}: unreadable ({error!r})") from error
+    for name, (size, sha256) in expected.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (listed in {MANIFEST_FILE})")
+        actual = path.stat().st_size
+        if actual != size:
+            raise CheckpointError(
+                f"{path}: {actual} bytes, {MANIFEST_FILE} says {size} (truncated or changed)"
+            )
+        if _sha256(path) != sha256:
+            raise CheckpointError(f"{path}: sha256 differs from {MANIFEST_FILE} (damaged or changed)")
 
 
 def read_meta(directory: Path) -> dict[str, Any]:
     path = directory / META_FILE
     if not path.is_file():
         raise CheckpointError(f"{directory}: not a srgan-dist checkpoint (no {META_FILE})")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError as error:
+        raise CheckpointError(f"{path}: unreadable ({error})") from error
     if meta.get("format_version", 0) > CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(
             f"{directory}: checkpoint format {meta['format_version']} is newer than this srgan-dist "
@@ -56,11 +112,65 @@ def read_meta(directory: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(directory: Path, stage: str) -> dict[str, Any]:
-    """Read ``state.pt`` of a checkpoint of ``stage`` (no unpickling of arbitrary objects)."""
+    """Verify a checkpoint of ``stage`` against its manifest, then read ``state.pt`` (weights only)."""
+    verify_checkpoint(directory)
     meta = read_meta(directory)
-    if meta["stage"] != stage:
-        raise CheckpointError(f"{directory}: checkpoint of stage {meta['stage']!r}, expected {stage!r}")
+    if meta.get("stage") != stage:
+        raise CheckpointError(f"{directory}: checkpoint of stage {meta.get('stage')!r}, expected {stage!r}")
+    path = directory / STATE_FILE
     try:
-        return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises pickle/zip/runtime errors for damaged files
-        raise CheckpointError(f"{directory / STATE_FILE}: cannot be loaded ({error})") from error
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message suggests weights_only=False, i.e. running whatever the file says: keep
+        # only its line naming what was refused.
+        what = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line][:1]
+        raise CheckpointError(
+            f"{path}: refused, it holds objects other than tensors and plain Python"
+            + "".join(f" ({line[:200]})" for line in what)
+        ) from error
+    except Exception as error:  # torch raises zip/runtime errors for damaged files
+        raise CheckpointError(f"{path}: cannot be loaded ({str(error).splitlines()[0][:200]})") from error
+
+
+def list_checkpoints(stage_dir: Path) -> list[Path]:
+    """The ``step-NNNNNNNN`` folders of a stage, newest first."""
+    if not stage_dir.is_dir():
+        return []
+    found = [
+        (int(m[1]), p) for p in stage_dir.iterdir() if (m := _DIR_PATTERN.fullmatch(p.name)) and p.is_dir()
+    ]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+@dataclass
+class ResumePoint:
+    """The checkpoint a stage resumes from, and the newer ones skipped because they are damaged."""
+
+    directory: Path
+    state: dict[str, Any]
+    damaged: list[CheckpointError] = field(default_factory=list)
+
+    def describe_damaged(self) -> str:
+        """One line: which newer checkpoints were skipped and why."""
+        return "; ".join(str(error) for error in self.damaged)
+
+
+def load_newest_good(stage_dir: Path, stage: str) -> ResumePoint | None:
+    """Load the newest checkpoint of ``stage`` in ``stage_dir`` that verifies and loads.
+
+    ``None`` when the stage has no checkpoint folder yet. When it has some but none is usable,
+    raises ``CheckpointError`` listing each (a restart cannot fix that; nothing is deleted).
+    """
+    damaged: list[CheckpointError] = []
+    for directory in list_checkpoints(stage_dir):
+        try:
+            return ResumePoint(directory, load_checkpoint(directory, stage), damaged)
+        except CheckpointError as error:
+            damaged.append(error)
+    if damaged:
+        raise CheckpointError(
+            f"no usable checkpoint in {stage_dir}: "
+            + "; ".join(str(error) for error in damaged)
+            + ". Move those folders elsewhere to train the stage from its start"
+        )
+    return None

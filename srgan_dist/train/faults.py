@@ -3,7 +3,9 @@
 Never set in normal runs: ``FaultHooks()`` with no hooks does nothing. A hook is
 ``{"stage": ..., "step": ..., "rank": optional}``:
 - ``nan``: the HR target of that step becomes NaN (a non-finite loss);
-- ``die``: that rank's process exits after that step, once (``marker`` file = once).
+- ``die``: that rank's process exits after that step, once (``marker`` file = once); with
+  ``truncate`` (a file path) it first cuts that file to half its size, e.g. the newest
+  checkpoint's ``state.pt``: a checkpoint damaged while its worker dies.
 """
 
 from __future__ import annotations
@@ -40,5 +42,8 @@ class FaultHooks:
         if marker.exists():
             return
         self.wait_for_checkpoints()
+        if self.hooks["die"].get("truncate"):
+            victim = Path(self.hooks["die"]["truncate"])
+            os.truncate(victim, victim.stat().st_size // 2)
         marker.write_text(f"worker rank {rank} killed at {stage} step {step}\n")
         os._exit(1)

@@ -5,8 +5,9 @@ world size, device, the stage's latest checkpoint and a ``report`` function; eve
 here, in the order it happens:
 
 1. build G (and D, VGG in ``srgan``) identically on every rank;
-2. :meth:`restore`: this stage's latest checkpoint if there is one, else the generator the
-   previous stage exported (explicit hand-off), else from scratch; then the generator EMA;
+2. :meth:`resume`: this stage's newest checkpoint that verifies and loads (newer damaged ones
+   are skipped and named in one line), else the generator the previous stage exported (explicit
+   hand-off), else from scratch; then the generator EMA (:meth:`restore` takes a given folder);
 3. :meth:`run`: DDP-wrap, open this rank's data shard, then per step: one optimizer step, and on
    their cadence a log window, a validation and a checkpoint; a final validation and checkpoint.
 
@@ -207,6 +208,7 @@ class StageTrainer:
         self.last_val: dict[str, float] = {}
         self.data_state = {"epoch": 0, "position": 0}
         self.resumed = False
+        self.damaged_note = ""  # set by resume() when it skipped damaged checkpoints
 
     # -----------------------------------------------------------------------------------------
     # State: the one place that packs and unpacks a checkpoint.
@@ -239,14 +241,31 @@ class StageTrainer:
         self.nonfinite_skips = int(state["nonfinite_skips"])
         self.last_val = dict(state["last_val"])
 
+    def resume(self, init_generator: str | None) -> None:
+        """2. Resume from the stage's newest good checkpoint, else as :meth:`restore` without one.
+
+        Raises ``CheckpointError`` when the stage has checkpoints but none verifies and loads.
+        """
+        point = ckpt.load_newest_good(self.run_dir.checkpoints(self.stage), self.stage)
+        if point is not None and point.damaged:
+            self.damaged_note = (
+                f"skipped damaged checkpoint(s), resuming from {point.directory.name}: "
+                + "; ".join(map(str, point.damaged))
+            )
+        self._start(point.state if point is not None else None, init_generator)
+
     def restore(self, checkpoint_dir: Path | None, init_generator: str | None) -> None:
         """2. Resume from ``checkpoint_dir``, else start G from ``init_generator``, else scratch."""
-        if checkpoint_dir is None and init_generator:
+        state = ckpt.load_checkpoint(checkpoint_dir, self.stage) if checkpoint_dir is not None else None
+        self._start(state, init_generator)
+
+    def _start(self, state: dict[str, Any] | None, init_generator: str | None) -> None:
+        if state is None and init_generator:
             load_handoff_generator(self.trainables.generator, init_generator, self.cfg)
         if self.cfg.train.ema_decay > 0:  # starts from the hand-off weights: the EMA carries over
             self.ema = GeneratorEMA(self.trainables.generator, self.cfg.train.ema_decay)
-        if checkpoint_dir is not None:
-            self.load_state_dict(ckpt.load_checkpoint(checkpoint_dir, self.stage))
+        if state is not None:
+            self.load_state_dict(state)
             self.resumed = True
 
     # -----------------------------------------------------------------------------------------
@@ -323,6 +342,8 @@ class StageTrainer:
             self.rank, self.run_dir.tensorboard(self.stage), self.stage, stage_cfg.iterations, self.step
         )
         where = f"on {self.world_size} worker(s)"
+        if self.damaged_note:
+            self.monitor.message(self.damaged_note)
         if self.resumed:
             self.monitor.message(
                 f"resumed from checkpoint at step {self.step}/{stage_cfg.iterations} {where}"

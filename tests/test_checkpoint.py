@@ -1,0 +1,182 @@
+"""Checkpoint folders without Ray: the manifest, what it catches, and newest-good selection.
+
+Also the driver's clean-up of Ray's run snapshot when it lists checkpoints that are gone or
+damaged (plain files; no Ray instance is started).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from srgan_dist.driver import set_aside_stale_ray_snapshot
+from srgan_dist.train import checkpoint as ckpt
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train 2.60's name for it
+
+
+def write(stage_dir: Path, step: int, stage: str = "srresnet") -> Path:
+    """A checkpoint folder as ``StageTrainer.save_checkpoint`` writes it (tiny state)."""
+    directory = stage_dir / ckpt.checkpoint_dir_name(step)
+    directory.mkdir(parents=True)
+    state = {"step": step, "weights": torch.arange(256, dtype=torch.float32) * step}
+    ckpt.save_checkpoint(directory, state, stage, f"run:\n  name: test-{step}\n")
+    return directory
+
+
+def rewrite_manifest(directory: Path) -> None:
+    """What a careful attacker does after replacing a file: make the manifest agree again."""
+    manifest = json.loads((directory / ckpt.MANIFEST_FILE).read_text())
+    for name, entry in manifest["files"].items():
+        entry["size"] = (directory / name).stat().st_size
+        entry["sha256"] = ckpt._sha256(directory / name)
+    (directory / ckpt.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def test_manifest_lists_every_file_and_is_written_last(tmp_path):
+    directory = write(tmp_path, 2)
+    manifest = json.loads((directory / ckpt.MANIFEST_FILE).read_text())["files"]
+    assert set(manifest) == {ckpt.STATE_FILE, ckpt.META_FILE, "config.yaml"}
+    for name, entry in manifest.items():
+        assert entry["size"] == (directory / name).stat().st_size
+        assert len(entry["sha256"]) == 64
+    assert sorted(p.name for p in directory.iterdir()) == sorted([*manifest, ckpt.MANIFEST_FILE])
+    assert (directory / ckpt.MANIFEST_FILE).stat().st_mtime_ns >= max(
+        (directory / name).stat().st_mtime_ns for name in manifest
+    )
+    assert torch.equal(ckpt.load_checkpoint(directory, "srresnet")["weights"], torch.arange(256.0) * 2)
+
+
+def test_truncated_state_is_named_with_its_size(tmp_path):
+    directory = write(tmp_path, 2)
+    state = directory / ckpt.STATE_FILE
+    size = state.stat().st_size
+    os.truncate(state, size // 2)
+    with pytest.raises(ckpt.CheckpointError) as error:
+        ckpt.load_checkpoint(directory, "srresnet")
+    assert str(error.value).startswith(str(state))
+    assert f"{size // 2} bytes, manifest.json says {size} (truncated" in str(error.value)
+
+
+def test_bit_flip_in_state_is_caught_by_the_checksum(tmp_path):
+    directory = write(tmp_path, 2)
+    state = directory / ckpt.STATE_FILE
+    data = bytearray(state.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    state.write_bytes(bytes(data))
+    with pytest.raises(ckpt.CheckpointError, match=rf"{state.name}: sha256 differs from manifest\.json"):
+        ckpt.load_checkpoint(directory, "srresnet")
+
+
+def test_missing_manifest_means_incomplete_and_missing_file_is_named(tmp_path):
+    incomplete = write(tmp_path, 2)
+    (incomplete / ckpt.MANIFEST_FILE).unlink()
+    with pytest.raises(ckpt.CheckpointError, match=r"manifest\.json: missing, the checkpoint is incomplete"):
+        ckpt.load_checkpoint(incomplete, "srresnet")
+    partial = write(tmp_path, 4)
+    (partial / "config.yaml").unlink()
+    with pytest.raises(ckpt.CheckpointError, match=r"config\.yaml: missing \(listed in manifest\.json\)"):
+        ckpt.load_checkpoint(partial, "srresnet")
+    garbled = write(tmp_path, 6)
+    (garbled / ckpt.MANIFEST_FILE).write_text('{"files": {')
+    with pytest.raises(ckpt.CheckpointError, match=r"manifest\.json: unreadable"):
+        ckpt.load_checkpoint(garbled, "srresnet")
+
+
+class Payload:
+    """Unpickling this runs code: it creates the file named in ``target``."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+def test_malicious_state_is_refused_without_running_it(tmp_path):
+    pwned = tmp_path / "pwned"
+    directory = write(tmp_path, 2)
+    torch.save({"step": 2, "weights": Payload(pwned)}, directory / ckpt.STATE_FILE)
+    # Swapped in without touching the manifest: refused before anything is unpickled.
+    with pytest.raises(ckpt.CheckpointError, match=r"(bytes|sha256)"):
+        ckpt.load_checkpoint(directory, "srresnet")
+    # With a manifest that agrees: torch's weights-only unpickler refuses it, and the message
+    # does not suggest weights_only=False.
+    rewrite_manifest(directory)
+    with pytest.raises(ckpt.CheckpointError, match="refused, it holds objects other than tensors") as error:
+        ckpt.load_checkpoint(directory, "srresnet")
+    assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
+    assert not pwned.exists()
+
+
+def test_newest_good_skips_damaged_and_foreign_folders(tmp_path):
+    stage_dir = tmp_path / "run-srresnet"
+    assert ckpt.load_newest_good(stage_dir, "srresnet") is None  # no folder yet: start the stage
+    for step in (2, 4, 6, 8):
+        write(stage_dir, step)
+    (stage_dir / "step-00000008" / ckpt.MANIFEST_FILE).unlink()  # incomplete
+    os.truncate(stage_dir / "step-00000006" / ckpt.STATE_FILE, 10)  # truncated
+    shutil.copytree(stage_dir / "step-00000002", stage_dir / "step-00000009.old")  # not a step folder
+    (stage_dir / SNAPSHOT).write_text("{}")
+
+    point = ckpt.load_newest_good(stage_dir, "srresnet")
+    assert point is not None and point.directory.name == "step-00000004" and point.state["step"] == 4
+    assert [str(e).split(":")[0] for e in point.damaged] == [
+        str(stage_dir / "step-00000008" / ckpt.MANIFEST_FILE),
+        str(stage_dir / "step-00000006" / ckpt.STATE_FILE),
+    ]
+
+
+def test_no_usable_checkpoint_is_one_error_listing_each_and_deletes_nothing(tmp_path):
+    stage_dir = tmp_path / "run-srgan"
+    write(stage_dir, 2, stage="srgan")
+    write(stage_dir, 4, stage="srresnet")  # another stage's checkpoint is not a fallback
+    os.truncate(stage_dir / "step-00000002" / ckpt.STATE_FILE, 10)
+    with pytest.raises(ckpt.CheckpointError) as error:
+        ckpt.load_newest_good(stage_dir, "srgan")
+    message = str(error.value)
+    assert message.startswith(f"no usable checkpoint in {stage_dir}: ") and "\n" not in message
+    assert "step-00000004: checkpoint of stage 'srresnet', expected 'srgan'" in message
+    assert "step-00000002/state.pt: 10 bytes" in message
+    assert sorted(p.name for p in stage_dir.iterdir()) == ["step-00000002", "step-00000004"]
+
+
+def ray_snapshot(stage_dir: Path, *names: str) -> Path:
+    """The fields of Ray 2.60's checkpoint manager snapshot that name checkpoint folders."""
+    results = [{"checkpoint_dir_name": name, "metrics": {}} for name in names]
+    path = stage_dir / SNAPSHOT
+    path.write_text(json.dumps({"checkpoint_results": results, "latest_checkpoint_result": results[-1]}))
+    return path
+
+
+def test_ray_snapshot_is_set_aside_only_when_it_lists_gone_or_damaged_checkpoints(tmp_path, capsys):
+    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+
+    assert CHECKPOINT_MANAGER_SNAPSHOT_FILENAME == SNAPSHOT
+    stage_dir = tmp_path / "run-srresnet"
+    for step in (2, 4):
+        write(stage_dir, step)
+    snapshot = ray_snapshot(stage_dir, "step-00000002", "step-00000004")
+    set_aside_stale_ray_snapshot("srresnet", stage_dir)
+    assert snapshot.is_file() and capsys.readouterr().out == ""  # all there and sound: kept
+
+    os.truncate(stage_dir / "step-00000004" / ckpt.STATE_FILE, 10)
+    set_aside_stale_ray_snapshot("srresnet", stage_dir)
+    assert not snapshot.exists() and (stage_dir / (SNAPSHOT + ".stale")).is_file()
+    assert capsys.readouterr().out == ""  # the worker names the damaged checkpoint when it skips it
+
+    shutil.rmtree(stage_dir / "step-00000004")  # what a user did by hand
+    snapshot = ray_snapshot(stage_dir, "step-00000002", "step-00000004")
+    set_aside_stale_ray_snapshot("srresnet", stage_dir)
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and "step-00000004 are gone; resuming from the newest good checkpoint" in out[0]
+    assert not snapshot.exists() and (stage_dir / "step-00000002").is_dir()
+
+    snapshot.write_text('{"checkpoint_results": [{"checkpoint_dir')  # half-written
+    set_aside_stale_ray_snapshot("srresnet", stage_dir)
+    assert not snapshot.exists() and "unreadable" in capsys.readouterr().out

@@ -1,0 +1,134 @@
+"""Resuming past damaged or deleted checkpoints on the embedded Ray (2 CPU workers, tiny model).
+
+One interrupted run (srresnet, checkpoints at steps 2 and 4, a worker killed at step 5 with no
+restart allowed) is made once per module; each test resumes its own copy after damaging it the
+way a user or a crash would. A run directory copies cleanly: Ray's run snapshot names
+checkpoints relative to the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from test_training import steps_per_event_file, tiny_config
+
+from srgan_dist.driver import RunError, run_training
+
+pytestmark = pytest.mark.slow
+NAME = "partial"
+DAMAGE_LINE = "skipped damaged checkpoint(s), resuming from step-00000002"
+
+
+def config(photos, storage: Path, *overrides: str):
+    return tiny_config(
+        photos, storage, NAME, "train.stages=[srresnet]", "srresnet.checkpoint_interval=2", *overrides
+    )
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    from conftest import write_photos
+
+    root = tmp_path_factory.mktemp("photos")
+    write_photos(root / "train", 6, (64, 64), seed=1)
+    write_photos(root / "val", 2, (48, 48), seed=2)
+    return {"train": root / "train", "val": root / "val"}
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(ray_local, photos, tmp_path_factory) -> Path:
+    """A run stopped after step 5, with good checkpoints at steps 2 and 4."""
+    storage = tmp_path_factory.mktemp("interrupted")
+    marker = storage / "died-once"
+    hooks = {"die": {"stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker)}}
+    with pytest.raises(Exception, match=r"(?i)fail|error"):
+        run_training(config(photos, storage, "train.max_failures=0"), test_hooks=hooks)
+    stage_dir = storage / NAME / f"{NAME}-srresnet"
+    assert sorted(p.name for p in stage_dir.glob("step-*")) == ["step-00000002", "step-00000004"]
+    return storage / NAME
+
+
+def copy_of(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / NAME)
+    return tmp_path / NAME / f"{NAME}-srresnet"
+
+
+def lines_with(capfd, text: str, timeout_s: float = 20.0) -> list[str]:
+    """Output lines holding ``text``; worker lines reach the driver's console a little late."""
+    seen, deadline = "", time.monotonic() + timeout_s
+    while True:
+        out, err = capfd.readouterr()
+        seen += out + err
+        if text in seen or time.monotonic() > deadline:
+            return [line for line in seen.splitlines() if text in line]
+        time.sleep(0.5)
+
+
+def test_truncated_newest_checkpoint_resumes_from_the_previous_one(photos, interrupted_run, tmp_path, capfd):
+    stage_dir = copy_of(interrupted_run, tmp_path)
+    state = stage_dir / "step-00000004" / "state.pt"
+    os.truncate(state, state.stat().st_size // 2)
+
+    summary = run_training(config(photos, tmp_path), resume=True)
+
+    assert summary["stages"]["srresnet"]["steps"] == 6
+    attempts = steps_per_event_file(tmp_path / NAME / "tensorboard" / "srresnet", "loss/content")
+    assert attempts[-1] == [3, 4, 5, 6]  # from step 2, not from the damaged step 4
+    damage = lines_with(capfd, DAMAGE_LINE)
+    assert len(damage) == 1 and f"{state}: " in damage[0] and "truncated" in damage[0]
+
+
+def test_deleted_newest_folder_resumes_from_the_previous_one(photos, interrupted_run, tmp_path, capfd):
+    stage_dir = copy_of(interrupted_run, tmp_path)
+    shutil.rmtree(stage_dir / "step-00000004")  # Ray's run snapshot still lists it
+
+    summary = run_training(config(photos, tmp_path), resume=True)
+
+    assert summary["stages"]["srresnet"]["steps"] == 6
+    attempts = steps_per_event_file(tmp_path / NAME / "tensorboard" / "srresnet", "loss/content")
+    assert attempts[-1] == [3, 4, 5, 6]
+    gone = lines_with(capfd, "are gone")
+    assert len(gone) == 1 and "step-00000004" in gone[0]
+    assert (stage_dir / "step-00000002").is_dir()  # what Ray no longer tracks is left alone
+    assert (stage_dir / "checkpoint_manager_snapshot.json.stale").is_file()
+
+
+def test_checkpoint_damaged_while_a_worker_dies_restarts_from_the_good_one(
+    ray_local, photos, tmp_path, capfd
+):
+    marker = tmp_path / "died-once"
+    newest = tmp_path / NAME / f"{NAME}-srresnet" / "step-00000004" / "state.pt"
+    hooks = {
+        "die": {"stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker), "truncate": str(newest)}
+    }
+
+    summary = run_training(config(photos, tmp_path, "train.max_failures=1"), test_hooks=hooks)
+
+    assert marker.exists()  # the worker really died
+    assert summary["stages"]["srresnet"]["steps"] == 6
+    attempts = steps_per_event_file(tmp_path / NAME / "tensorboard" / "srresnet", "loss/content")
+    assert attempts == [[1, 2, 3, 4], [3, 4, 5, 6]]  # Ray's latest (step 4) was skipped
+    assert len(lines_with(capfd, DAMAGE_LINE)) == 1
+
+
+def test_no_good_checkpoint_fails_at_once_without_restarts(photos, interrupted_run, tmp_path):
+    stage_dir = copy_of(interrupted_run, tmp_path)
+    for step in (2, 4):
+        os.truncate(stage_dir / f"step-0000000{step}" / "state.pt", 100)
+
+    started = time.perf_counter()
+    with pytest.raises(RunError) as error:
+        run_training(config(photos, tmp_path, "train.max_failures=3"), resume=True)
+    print(f"failed after {time.perf_counter() - started:.1f} s")  # 3 restarts would add ~10 s each
+
+    message = str(error.value)
+    assert message.startswith("stage srresnet cannot start: no usable checkpoint in ")
+    assert "step-00000004/state.pt: 100 bytes" in message and "step-00000002/state.pt: 100 bytes" in message
+    assert "\n" not in message and "weights_only" not in message
+    assert sorted(p.name for p in stage_dir.glob("step-*")) == ["step-00000002", "step-00000004"]
+    # No worker got as far as training: only the interrupted run's attempt is in TensorBoard.
+    assert len(steps_per_event_file(tmp_path / NAME / "tensorboard" / "srresnet", "loss/content")) == 1
