@@ -32,6 +32,7 @@
 #                                 $SRGAN_CLUSTER_TMP/auth_token (see `env`); disabled: no
 #                                 authentication, any local user can run code in the cluster
 #   SRGAN_CLUSTER_TIMEOUT         seconds to wait for the nodes to come up (default 120)
+#   SRGAN_CLUSTER_KEEP_TMP        if set, `down` keeps $SRGAN_CLUSTER_TMP (logs, for debugging)
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
