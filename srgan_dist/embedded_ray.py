@@ -44,6 +44,9 @@ def init_embedded_ray(num_cpus: int, **init_kwargs: Any) -> Any:
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         context = ray.init(
+            # Always a new instance: plain ray.init() joins a Ray it finds on the machine
+            # (/tmp/ray/ray_current_cluster), whoever started it and however it listens.
+            address="local",
             num_cpus=num_cpus,
             # The dashboard also serves the state API that Ray Train's controller polls.
             include_dashboard=True,
