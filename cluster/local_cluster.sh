@@ -210,8 +210,12 @@ cmd_up() {
 cmd_down() {
     stop_node worker
     stop_node head
-    [[ -n "${SRGAN_CLUSTER_KEEP_TMP:-}" ]] || rm -rf "$STATE_DIR"
-    log "down ($STATE_DIR removed)"
+    if [[ -n "${SRGAN_CLUSTER_KEEP_TMP:-}" ]]; then
+        log "down ($STATE_DIR kept)"
+    else
+        rm -rf "$STATE_DIR"
+        log "down ($STATE_DIR removed)"
+    fi
 }
 
 cmd_status() {
