@@ -114,6 +114,10 @@ wait_for_nodes() {
             log "head node exited; see $STATE_DIR/head.log"; tail -20 "$STATE_DIR/head.log" >&2 || true
             return 1
         fi
+        if ((want == 2)) && ! pid_alive "$STATE_DIR/worker.pid"; then
+            log "second node exited; see $STATE_DIR/worker.log"; tail -5 "$STATE_DIR/worker.log" >&2 || true
+            return 1
+        fi
         sleep 2
     done
     log "timed out after ${TIMEOUT}s waiting for $want alive node(s) (have $have); last log lines:"
@@ -202,7 +206,16 @@ cmd_up() {
         log "starting second node: $WORKER_CPUS CPU"
         start_worker
     fi
-    if ! wait_for_nodes 2; then cmd_down; exit 1; fi
+    if ! wait_for_nodes 2; then
+        # On a busy machine a raylet gives up on its slow-starting dashboard agent (Ray waits a
+        # fixed ~15 s for the agent's port file); one more try usually makes it.
+        pid_alive "$STATE_DIR/worker.pid" && { cmd_down; exit 1; }
+        log "retrying the second node once"
+        stop_node worker
+        rm -rf "$STATE_DIR/ray-worker"
+        start_worker
+        if ! wait_for_nodes 2; then cmd_down; exit 1; fi
+    fi
     log "2 nodes alive. Use:"
     print_address
 }
