@@ -12,8 +12,12 @@
 # `down` stops exactly these processes and never touches other Ray instances on the machine
 # (unlike `ray stop`, which stops every Ray process of the user). `up` and `down` are idempotent.
 #
-# The job server (dashboard) listens on 127.0.0.1 only. Ray resolves 127.0.0.1 to the machine's
-# own IP for its internal ports (GCS, raylets); that is Ray's behaviour, nothing leaves the host.
+# Network: every listener of both nodes is on 127.0.0.1 (GCS, raylets, workers, agents, Ray Client
+# server, dashboard / job server); tests/test_network.py checks it. Stock `ray start` on Linux
+# would rewrite --node-ip-address 127.0.0.1 to the host's routable IP and listen on all
+# interfaces, so the nodes are started through cluster/ray_loopback.py with Ray's single-host
+# switch RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (see that file). Token authentication is on by
+# default: a fresh token in $SRGAN_CLUSTER_TMP/auth_token, and `env` prints what a client needs.
 #
 # Settings (environment variables):
 #   RAY_BIN                       ray executable; default: <repo>/.venv/bin/ray, else `ray` on PATH.
@@ -24,9 +28,11 @@
 #   SRGAN_CLUSTER_HEAD_CPUS       logical CPUs of the head node (default 1)
 #   SRGAN_CLUSTER_WORKER_CPUS     logical CPUs of the second node (default 1)
 #   SRGAN_CLUSTER_TMP             state + Ray temp dirs (default /tmp/srgan-ray-<gcs port>)
-#   SRGAN_CLUSTER_AUTH            disabled (default) or token: Ray token authentication with a
-#                                 fresh token in $SRGAN_CLUSTER_TMP/auth_token (see `env`)
+#   SRGAN_CLUSTER_AUTH            token (default): Ray token authentication with a fresh token in
+#                                 $SRGAN_CLUSTER_TMP/auth_token (see `env`); disabled: no
+#                                 authentication, any local user can run code in the cluster
 #   SRGAN_CLUSTER_TIMEOUT         seconds to wait for the nodes to come up (default 120)
+#   SRGAN_CLUSTER_KEEP_TMP        if set, `down` keeps $SRGAN_CLUSTER_TMP (logs, for debugging)
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,7 +41,7 @@ DASHBOARD_PORT="${SRGAN_CLUSTER_DASHBOARD_PORT:-8265}"
 HEAD_CPUS="${SRGAN_CLUSTER_HEAD_CPUS:-1}"
 WORKER_CPUS="${SRGAN_CLUSTER_WORKER_CPUS:-1}"
 STATE_DIR="${SRGAN_CLUSTER_TMP:-/tmp/srgan-ray-${GCS_PORT}}"
-AUTH="${SRGAN_CLUSTER_AUTH:-disabled}"
+AUTH="${SRGAN_CLUSTER_AUTH:-token}"
 TIMEOUT="${SRGAN_CLUSTER_TIMEOUT:-120}"
 OBJECT_STORE_BYTES=$((256 * 1024 * 1024))
 
@@ -51,6 +57,10 @@ if [[ -z "$RAY_BIN" || ! -x "$RAY_BIN" ]]; then
     exit 2
 fi
 RAY_BIN_DIR="$(cd "$(dirname "$RAY_BIN")" && pwd)"
+# The interpreter of RAY_BIN runs cluster/ray_loopback.py (the same Ray, loopback kept as given).
+RAY_PYTHON="$(sed -n '1s/^#![[:space:]]*//p' "$RAY_BIN")"
+[[ -x "$RAY_PYTHON" ]] || RAY_PYTHON="$RAY_BIN_DIR/python"
+LOOPBACK_CLI="$REPO_DIR/cluster/ray_loopback.py"
 DASHBOARD_URL="http://127.0.0.1:${DASHBOARD_PORT}"
 
 case "$AUTH" in
@@ -60,10 +70,22 @@ esac
 
 log() { echo "local_cluster: $*" >&2; }
 
+if [[ "$AUTH" == disabled && "${1:-}" == up ]]; then
+    log "WARNING: SRGAN_CLUSTER_AUTH=disabled: token authentication is OFF. Every process on this"
+    log "WARNING: machine can reach the cluster's ports and run arbitrary code in it, as you."
+fi
+
+# `ray` CLI for commands that take a GCS address (ray start, ray status): keeps 127.0.0.1.
+ray_loopback() { "$RAY_PYTHON" "$LOOPBACK_CLI" "$@"; }
+
 # The environment every Ray process of this cluster (and a client of it) runs with.
 ray_env() {
     export PATH="$RAY_BIN_DIR:$PATH"
     unset RAY_ADDRESS
+    # Keep 127.0.0.1 as the node address in every process (job drivers, workers), not the host IP.
+    export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+    # No Prometheus metrics: nothing here reads them, and it is one listener fewer per node.
+    export RAY_enable_metrics_collection=0
     export RAY_AUTH_MODE="$AUTH"
     if [[ "$AUTH" == token ]]; then
         export RAY_AUTH_TOKEN_PATH="$STATE_DIR/auth_token"
@@ -92,6 +114,10 @@ wait_for_nodes() {
             log "head node exited; see $STATE_DIR/head.log"; tail -20 "$STATE_DIR/head.log" >&2 || true
             return 1
         fi
+        if ((want == 2)) && ! pid_alive "$STATE_DIR/worker.pid"; then
+            log "second node exited; see $STATE_DIR/worker.log"; tail -5 "$STATE_DIR/worker.log" >&2 || true
+            return 1
+        fi
         sleep 2
     done
     log "timed out after ${TIMEOUT}s waiting for $want alive node(s) (have $have); last log lines:"
@@ -104,7 +130,7 @@ start_node() {
     local name="$1"; shift
     (
         ray_env
-        exec setsid "$RAY_BIN" start --block --disable-usage-stats "$@" \
+        exec setsid "$RAY_PYTHON" "$LOOPBACK_CLI" start --block --disable-usage-stats "$@" \
             >"$STATE_DIR/$name.log" 2>&1 </dev/null
     ) &
     echo $! >"$STATE_DIR/$name.pid"
@@ -156,8 +182,8 @@ stop_node() {
 
 print_address() {
     echo "RAY_ADDRESS=$DASHBOARD_URL"
+    echo "RAY_AUTH_MODE=$AUTH"
     if [[ "$AUTH" == token ]]; then
-        echo "RAY_AUTH_MODE=token"
         echo "RAY_AUTH_TOKEN_PATH=$STATE_DIR/auth_token"
     fi
 }
@@ -180,7 +206,16 @@ cmd_up() {
         log "starting second node: $WORKER_CPUS CPU"
         start_worker
     fi
-    if ! wait_for_nodes 2; then cmd_down; exit 1; fi
+    if ! wait_for_nodes 2; then
+        # On a busy machine a raylet gives up on its slow-starting dashboard agent (Ray waits a
+        # fixed ~15 s for the agent's port file); one more try usually makes it.
+        pid_alive "$STATE_DIR/worker.pid" && { cmd_down; exit 1; }
+        log "retrying the second node once"
+        stop_node worker
+        rm -rf "$STATE_DIR/ray-worker"
+        start_worker
+        if ! wait_for_nodes 2; then cmd_down; exit 1; fi
+    fi
     log "2 nodes alive. Use:"
     print_address
 }
@@ -188,8 +223,12 @@ cmd_up() {
 cmd_down() {
     stop_node worker
     stop_node head
-    rm -rf "$STATE_DIR"
-    log "down ($STATE_DIR removed)"
+    if [[ -n "${SRGAN_CLUSTER_KEEP_TMP:-}" ]]; then
+        log "down ($STATE_DIR kept)"
+    else
+        rm -rf "$STATE_DIR"
+        log "down ($STATE_DIR removed)"
+    fi
 }
 
 cmd_status() {
@@ -203,7 +242,7 @@ cmd_status() {
     done
     pid_alive "$STATE_DIR/head.pid" || return 1
     echo "alive nodes: $(alive_nodes)"
-    (ray_env; "$RAY_BIN" status --address "127.0.0.1:$GCS_PORT") || true
+    (ray_env; ray_loopback status --address "127.0.0.1:$GCS_PORT") || true
     print_address
 }
 

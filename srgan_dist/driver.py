@@ -125,7 +125,7 @@ def check_vgg(cfg: Config) -> None:
 
 
 def connect_ray(address: str | None, num_workers: int, cpus_per_worker: float) -> None:
-    """Join ``address`` (or ``RAY_ADDRESS``), else start an embedded Ray bound to 127.0.0.1."""
+    """Join ``address`` (or ``RAY_ADDRESS``), else start an embedded Ray: 127.0.0.1 only, token auth on."""
     import ray
 
     if ray.is_initialized():
@@ -137,14 +137,9 @@ def connect_ray(address: str | None, num_workers: int, cpus_per_worker: float) -
         return
     # One CPU per worker plus one for Ray Train's controller; at least what the machine has.
     num_cpus = max(os.cpu_count() or 1, int(num_workers * cpus_per_worker) + 1)
-    # The dashboard (127.0.0.1 only) also serves the state API Ray Train's clean-up thread polls.
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        _node_ip_address="127.0.0.1",
-        runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}},
-    )
+    from srgan_dist.embedded_ray import init_embedded_ray
+
+    init_embedded_ray(num_cpus, runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
     print(f"Started an embedded local Ray instance ({num_cpus} CPUs, 127.0.0.1)", flush=True)
 
 

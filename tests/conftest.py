@@ -45,13 +45,9 @@ def ray_local():
     """One embedded Ray for the whole session (starting Ray costs seconds; tests share it)."""
     import ray
 
+    from srgan_dist.embedded_ray import init_embedded_ray
+
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=4,
-            include_dashboard=True,
-            dashboard_host="127.0.0.1",
-            _node_ip_address="127.0.0.1",
-            log_to_driver=True,
-        )
+        init_embedded_ray(num_cpus=4, log_to_driver=True)
     yield ray
     ray.shutdown()

@@ -26,7 +26,7 @@ RAY_BIN = Path(sys.executable).parent / "ray"
 class LocalCluster:
     """cluster/local_cluster.sh on its own ports and temp dir."""
 
-    def __init__(self, gcs_port: int, dashboard_port: int, auth: str = "disabled"):
+    def __init__(self, gcs_port: int, dashboard_port: int, auth: str = "token"):
         self.address = f"http://127.0.0.1:{dashboard_port}"
         self.tmp = f"/tmp/srgan-test-ray-{gcs_port}"
         self.env = {
@@ -99,7 +99,7 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def local_cluster(gcs_port: int, dashboard_port: int, auth: str = "disabled") -> Iterator[LocalCluster]:
+def local_cluster(gcs_port: int, dashboard_port: int, auth: str = "token") -> Iterator[LocalCluster]:
     """Two nodes up for the block; torn down even when starting or a test fails."""
     cluster = LocalCluster(gcs_port, dashboard_port, auth)
     try:
