@@ -132,6 +132,7 @@ def connect_ray(address: str | None, num_workers: int, cpus_per_worker: float) -
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        check_ray_address(address, "--address" if address != os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS")
         ray.init(address=address, log_to_driver=True)
         print(f"Connected to Ray cluster at {address}", flush=True)
         return
@@ -141,6 +142,24 @@ def connect_ray(address: str | None, num_workers: int, cpus_per_worker: float) -
 
     init_embedded_ray(num_cpus, runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
     print(f"Started an embedded local Ray instance ({num_cpus} CPUs, 127.0.0.1)", flush=True)
+
+
+def check_ray_address(address: str, source: str) -> None:
+    """Refuse, in one line and within seconds, an address training cannot join (pre-flight)."""
+    from srgan_dist.jobs import gcs_unreachable
+
+    if "://" in address and not address.startswith("ray://"):
+        raise RunError(
+            f"{source}={address} is a URL: that is the job server, which `srgan-dist submit` takes. "
+            "Training joins a cluster by its GCS address (host:6379, or 'auto' inside a cluster job); "
+            "unset RAY_ADDRESS to train on an embedded local Ray"
+        )
+    problem = gcs_unreachable(address)
+    if problem:
+        raise RunError(
+            f"{source}={address}: no Ray cluster answers there ({problem}). Start one (ray start --head, "
+            "cluster/local_cluster.sh up) or fix the address; nothing was started or written"
+        )
 
 
 def decide_gpu(cfg: Config) -> bool:

@@ -291,26 +291,34 @@ def build_training_job(
 # Talking to a job server (Ray imported here only).
 
 
-def check_gcs_reachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> None:
-    """Raise ``JobError`` in one line if ``address`` is a ``host:port`` that refuses or ignores a
-    TCP connection for ``timeout_s``.
+def gcs_unreachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> str | None:
+    """Why a ``host:port`` (or ``ray://host:port``) Ray address refuses or ignores a TCP
+    connection for ``timeout_s``; None when it answers or is not such an address (``auto``, URLs).
 
-    Given ``host:port`` rather than an ``http://`` URL, the Jobs SDK asks the GCS there for the
-    job server's URL and, when nothing answers, retries for about 40 s before an ``RpcError``
-    traceback.
+    Ray itself, given a GCS address where nothing listens, retries for a long time (about 40 s in
+    the Jobs SDK, with no limit in ``ray.init``) before a traceback.
     """
+    address = address.removeprefix("ray://")
     if "://" in address or address == "auto":
-        return
+        return None
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        return  # Ray's own message for an address it cannot parse
+        return None  # Ray's own message for an address it cannot parse
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as error:
+        return str(error) or "timed out"
+    return None
+
+
+def check_gcs_reachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> None:
+    """Raise ``JobError`` in one line if ``address`` is a ``host:port`` nothing answers at."""
+    problem = gcs_unreachable(address, timeout_s)
+    if problem:
         raise JobError(
-            f"no Ray cluster answers at {address} ({error or 'timed out'}); give the job server "
+            f"no Ray cluster answers at {address} ({problem}); give the job server "
             f"URL instead, e.g. --address {DEFAULT_ADDRESS} (or export RAY_ADDRESS=...)"
-        ) from None
+        )
 
 
 def client(address: str | None):

@@ -259,3 +259,25 @@ def test_submit_to_a_closed_gcs_port_fails_fast_in_one_line(tmp_path, capsys, mo
     argv = ["submit", "--entrypoint", "true", "--name", "n", "--working-dir", str(tmp_path)]
     assert main(argv) == 1
     one_line_error(capsys.readouterr().err, "127.0.0.1:1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Joining a Ray cluster is part of pre-flight: a bounded wait and one line, nothing written
+
+
+def test_a_job_server_url_as_ray_address_is_refused_in_one_line(photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    assert main(train_argv(photos, tmp_path, "--name", "url")) == 2
+    line = one_line_error(capsys.readouterr().err, "RAY_ADDRESS=http://127.0.0.1:8265", "job server")
+    assert "srgan-dist submit" in line
+    assert not (tmp_path / "url" / "config.yaml").exists()
+
+
+def test_a_closed_gcs_port_fails_within_seconds_without_a_half_made_run(photos, tmp_path, capsys):
+    import time
+
+    started = time.monotonic()
+    assert main(train_argv(photos, tmp_path, "--name", "closed", "--address", "127.0.0.1:1")) == 2
+    assert time.monotonic() - started < 60  # Ray alone waits without a limit here
+    one_line_error(capsys.readouterr().err, "--address=127.0.0.1:1", "no Ray cluster answers")
+    assert not (tmp_path / "closed" / "config.yaml").exists()
