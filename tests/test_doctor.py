@@ -176,6 +176,7 @@ def test_doctor_fails_when_only_one_node_sees_the_storage(tmp_path):
             "train.stages=[srresnet]",
         )  # fmt: skip
     output = result.stdout + result.stderr
+    print(output)  # shown with pytest -rP (the README quotes it)
     assert result.returncode == 1, output[-4000:]
     assert statuses(output, "storage-write") == ["PASS", "PASS"]  # each node can write its own copy
     shared = [rest for status, check, _, rest in lines_of(output) if check == "storage-shared"]
@@ -184,3 +185,17 @@ def test_doctor_fails_when_only_one_node_sees_the_storage(tmp_path):
         "is not shared between nodes" in rest and "fix: mount the same shared" in rest for rest in shared
     )
     assert not (storage / ".doctor").exists()  # the head's copy is cleaned up
+
+
+def test_worker_fit_fails_on_cpus_and_only_warns_for_gpus_an_autoscaler_may_add():
+    from srgan_dist.config import load_config
+    from srgan_dist.doctor import Doctor, Node
+
+    nodes = [Node(node_id=f"{i}" * 16, ip="10.0.0.1", cpus=1, gpus=0, is_head=i == 0) for i in range(2)]
+    out = io.StringIO()
+    cpu = Doctor(load_config(None, ["scaling.num_workers=3", "scaling.accelerator=cpu"]), "/tmp", out=out)
+    assert cpu.check_workers(nodes) is False
+    gpu = Doctor(load_config(None, ["scaling.num_workers=2", "scaling.accelerator=gpu"]), "/tmp", out=out)
+    assert gpu.check_workers(nodes) is True  # the all-reduce's GPU request reaches the autoscaler
+    assert [line.status for line in cpu.lines + gpu.lines] == ["FAIL", "WARN"]
+    assert "room for 2" in cpu.lines[0].reason and "room for 0" in gpu.lines[0].reason
