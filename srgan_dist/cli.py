@@ -11,9 +11,9 @@ import argparse
 import logging
 import sys
 
-from srgan_dist.commands import cluster, data, infer, parse_with_overrides, tensorboard, train
+from srgan_dist.commands import cluster, data, doctor, infer, parse_with_overrides, tensorboard, train
 
-COMMAND_MODULES = (train, cluster, data, infer, tensorboard)
+COMMAND_MODULES = (train, cluster, doctor, data, infer, tensorboard)
 
 
 def build_parser() -> argparse.ArgumentParser:

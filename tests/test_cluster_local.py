@@ -26,8 +26,15 @@ RAY_BIN = Path(sys.executable).parent / "ray"
 class LocalCluster:
     """cluster/local_cluster.sh on its own ports and temp dir."""
 
-    def __init__(self, gcs_port: int, dashboard_port: int, auth: str = "token"):
+    def __init__(
+        self,
+        gcs_port: int,
+        dashboard_port: int,
+        auth: str = "token",
+        extra_env: dict[str, str] | None = None,
+    ):
         self.address = f"http://127.0.0.1:{dashboard_port}"
+        self.gcs_address = f"127.0.0.1:{gcs_port}"
         self.tmp = f"/tmp/srgan-test-ray-{gcs_port}"
         self.env = {
             **os.environ,
@@ -41,6 +48,7 @@ class LocalCluster:
         }
         if auth == "token":
             self.env["RAY_AUTH_TOKEN_PATH"] = f"{self.tmp}/auth_token"
+        self.env.update(extra_env or {})
 
     def script(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -99,9 +107,12 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def local_cluster(gcs_port: int, dashboard_port: int, auth: str = "token") -> Iterator[LocalCluster]:
-    """Two nodes up for the block; torn down even when starting or a test fails."""
-    cluster = LocalCluster(gcs_port, dashboard_port, auth)
+def local_cluster(
+    gcs_port: int, dashboard_port: int, auth: str = "token", extra_env: dict[str, str] | None = None
+) -> Iterator[LocalCluster]:
+    """Two nodes up for the block; torn down even when starting or a test fails. ``extra_env``
+    goes to the script and the CLI (e.g. another ``RAY_BIN``)."""
+    cluster = LocalCluster(gcs_port, dashboard_port, auth, extra_env)
     try:
         started = cluster.script("up")
         assert started.returncode == 0, started.stderr + started.stdout

@@ -70,3 +70,29 @@ def sr_train_pipeline(
         hr, dtype=types.FLOAT, output_layout="CHW", mean=[127.5] * 3, std=[127.5] * 3
     )
     return lr, hr
+
+
+@pipeline_def
+def _decode_resize_pipeline(*, encoded: list[np.ndarray], decode_device: str, size: int):
+    images = fn.external_source(source=lambda: encoded, batch=True, dtype=types.UINT8, ndim=1)
+    images = fn.decoders.image(images, **decoder_kwargs(decode_device))
+    return fn.resize(images, size=[size, size], interp_type=types.INTERP_CUBIC, antialias=True)
+
+
+def decode_and_resize(encoded: bytes, *, decode_device: str, size: int, device_id: int | None) -> np.ndarray:
+    """Decode one encoded image with the training graph's decoder settings and resize it to
+    ``size`` x ``size`` (what ``srgan-dist doctor`` runs with ``mixed`` on each GPU node).
+    Returns the HxWx3 uint8 result on the host."""
+    pipe = _decode_resize_pipeline(
+        encoded=[np.frombuffer(encoded, dtype=np.uint8)],
+        decode_device=decode_device,
+        size=size,
+        batch_size=1,
+        num_threads=1,
+        device_id=device_id,
+    )
+    pipe.build()
+    (output,) = pipe.run()
+    if decode_device == "mixed":
+        output = output.as_cpu()
+    return np.asarray(output.at(0))
