@@ -78,6 +78,18 @@ def configure_logging(verbose: bool) -> None:
     _console_logger()
 
 
+class _Forward(logging.Handler):
+    """Hands records to ``target``. For Ray's logger: ``ray.init`` re-formats every handler it
+    has (``logging_format``), and the run's file keeps one format."""
+
+    def __init__(self, target: logging.Handler) -> None:
+        super().__init__()
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.target.handle(record)
+
+
 class RunLog:
     """The run's log file, for the duration of a ``with`` block; see the module docstring.
 
@@ -88,6 +100,7 @@ class RunLog:
         self.path = path
         self.verbose = verbose
         self._file: logging.FileHandler | None = None
+        self._ray_file: logging.Handler | None = None
         self._ray_handlers: list[logging.Handler] = []
         self._root_level = logging.NOTSET
 
@@ -99,6 +112,7 @@ class RunLog:
         self._root_level = root.level
         root.setLevel(min(root.level, logging.INFO))  # the file wants INFO (the CLI sets that anyway)
         root.addHandler(self._file)
+        self._ray_file = _Forward(self._file)
         _console_logger().addHandler(self._file)
         return self
 
@@ -107,13 +121,13 @@ class RunLog:
         console handler). It does not propagate, so it gets the file here, and in quiet mode only
         the file: its start-up, token and connection messages are not for the console."""
         ray_logger = logging.getLogger("ray")
-        if self._file in ray_logger.handlers:
+        if self._ray_file in ray_logger.handlers:
             return
         self._ray_handlers = list(ray_logger.handlers)
         if not self.verbose:
             for handler in self._ray_handlers:
                 ray_logger.removeHandler(handler)
-        ray_logger.addHandler(self._file)
+        ray_logger.addHandler(self._ray_file)
 
     def worker_output(self, data: dict[str, Any], ray_printer: Callable[[dict[str, Any]], None]) -> None:
         """One batch of lines Ray streamed to the driver (its log monitor's record ``data``).
@@ -149,7 +163,7 @@ class RunLog:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         ray_logger = logging.getLogger("ray")
-        ray_logger.removeHandler(self._file)
+        ray_logger.removeHandler(self._ray_file)
         for handler in self._ray_handlers:
             if handler not in ray_logger.handlers:
                 ray_logger.addHandler(handler)
