@@ -1,6 +1,6 @@
 # Two commands a new user needs (see README):
 #   make demo   set up .venv, fetch sample photos, train SRResNet → SRGAN on 2 local Ray workers
-#   make test   set up .venv and run the test suite
+#   make test   set up .venv and run the test suite (make test-fast: the edit loop, no Ray clusters)
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # The tested torch pair (a CUDA 13 build; runs on CPU when there is no GPU).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,11 @@ demo: $(STAMP)
 	$(PY) launch.py --config configs/demo.yaml --name demo --resume
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=15
+
+# Everything but the tests marked `slow` (Ray worker groups, local clusters, servers).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 # Benchmarks (not tests): each appends its table to BENCHMARKS.md with command, machine and date.
 bench: $(STAMP)

@@ -30,9 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_with_overrides(build_parser(), argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if getattr(args, "setup_logging", None):  # `train`: a quiet console, see srgan_dist/console.py
+        args.setup_logging(args)
+    else:
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     return int(args.func(args) or 0)
 
 

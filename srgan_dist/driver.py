@@ -13,11 +13,14 @@
    file to the next stage;
 5. keeps ``summary.json`` up to date after each stage.
 
+What it prints, and what goes to ``<run>/train.log`` instead, is ``srgan_dist/console.py``.
+
 The run directory's layout is spelled in ``srgan_dist/rundir.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -36,6 +39,7 @@ from srgan_dist.config import (
     to_dict,
     to_yaml,
 )
+from srgan_dist.console import RunLog, say
 from srgan_dist.generator_io import GeneratorSpec, save_generator
 from srgan_dist.rundir import RunDir, generator_file_name
 
@@ -111,13 +115,29 @@ def scan_data(cfg: Config, run_dir: RunDir) -> tuple[list[str], list[str]]:
     return list(train.files), val_files
 
 
-def check_vgg(cfg: Config) -> None:
-    """Load the VGG19 weights once here, so a missing file fails before any worker starts."""
-    if "srgan" not in cfg.train.stages:
-        return
-    from srgan_dist.vgg_weights import load_vgg19_features
+def check_vgg(cfg: Config) -> str:
+    """Load the VGG19 weights once here, so a missing file fails before any worker starts.
 
-    load_vgg19_features(cfg.loss.vgg_weights, cfg.loss.vgg_random_fallback)
+    Returns the ``loss.vgg_weights`` the workers get: ``"random"`` when ImageNet weights are
+    unavailable and ``loss.vgg_random_fallback`` allows that (said once, here), so that no worker
+    tries the download again; else the configured value.
+    """
+    if "srgan" not in cfg.train.stages:
+        return cfg.loss.vgg_weights
+    from srgan_dist.vgg_weights import VGGWeightsUnavailable, load_vgg19_features
+
+    try:
+        load_vgg19_features(cfg.loss.vgg_weights)
+    except VGGWeightsUnavailable as error:
+        if not cfg.loss.vgg_random_fallback:
+            raise
+        log.warning(
+            "%s. FALLING BACK TO RANDOM VGG19 WEIGHTS on every worker (loss.vgg_random_fallback=true): "
+            "the perceptual loss is not the paper's VGG54",
+            error,
+        )
+        return "random"
+    return cfg.loss.vgg_weights
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,14 +154,14 @@ def connect_ray(address: str | None, num_workers: int, cpus_per_worker: float) -
     if address:
         check_ray_address(address, "--address" if address != os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS")
         ray.init(address=address, log_to_driver=True)
-        print(f"Connected to Ray cluster at {address}", flush=True)
+        say(f"Connected to Ray cluster at {address}")
         return
     # One CPU per worker plus one for Ray Train's controller; at least what the machine has.
     num_cpus = max(os.cpu_count() or 1, int(num_workers * cpus_per_worker) + 1)
     from srgan_dist.embedded_ray import init_embedded_ray
 
     init_embedded_ray(num_cpus, runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
-    print(f"Started an embedded local Ray instance ({num_cpus} CPUs, 127.0.0.1)", flush=True)
+    say(f"Started an embedded local Ray instance ({num_cpus} CPUs, 127.0.0.1)")
 
 
 def check_ray_address(address: str, source: str) -> None:
@@ -173,7 +193,7 @@ def decide_gpu(cfg: Config) -> bool:
     count = f"{workers[0]}-{workers[1]} (elastic)" if isinstance(workers, tuple) else str(workers)
     if use_gpu:
         why = "scaling.accelerator=gpu" if accelerator == "gpu" else f"auto: the cluster has {gpus} GPU(s)"
-        print(f"Training on GPUs: {count} worker(s), 1 GPU each (NCCL) - {why}", flush=True)
+        say(f"Training on GPUs: {count} worker(s), 1 GPU each (NCCL) - {why}")
         needed = workers[0] if isinstance(workers, tuple) else workers
         wait_for_gpus(needed, cfg.scaling.cpus_per_worker, cfg.scaling.resource_timeout_s)
     else:
@@ -183,10 +203,7 @@ def decide_gpu(cfg: Config) -> bool:
             else "auto: no GPUs in the Ray cluster now (on an autoscaling cluster whose GPU nodes "
             "start at 0, set scaling.accelerator=gpu)"
         )
-        print(
-            f"Training on CPUs: {count} worker(s), {cfg.scaling.cpus_per_worker:g} CPU each (gloo) - {why}",
-            flush=True,
-        )
+        say(f"Training on CPUs: {count} worker(s), {cfg.scaling.cpus_per_worker:g} CPU each (gloo) - {why}")
     return use_gpu
 
 
@@ -218,16 +235,15 @@ def wait_for_gpus(needed: int, cpus_per_worker: float, timeout_s: float, poll_s:
                     "raise scaling.resource_timeout_s, or use fewer --workers. Nothing was started."
                 )
             if last_said is None or time.monotonic() - last_said >= 60:
-                print(
+                say(
                     f"waiting for {needed} GPU worker(s) (cluster has {have} GPU(s); the autoscaler may be "
-                    f"adding nodes)... {waited:.0f} s of {timeout_s:.0f} s",
-                    flush=True,
+                    f"adding nodes)... {waited:.0f} s of {timeout_s:.0f} s"
                 )
                 last_said = time.monotonic()
             time.sleep(poll_s)
     finally:
         request_resources(bundles=[])
-    print(f"{needed} GPU(s) available after {time.monotonic() - started:.0f} s", flush=True)
+    say(f"{needed} GPU(s) available after {time.monotonic() - started:.0f} s")
 
 
 def workers_setting(cfg: Config) -> int | tuple[int, int]:
@@ -278,11 +294,56 @@ def set_aside_stale_ray_snapshot(stage: str, stage_dir: Path) -> None:
     aside = path.with_name(path.name + ".stale")
     path.replace(aside)
     if problem:
-        print(f"Stage {stage}: {problem}; resuming from the newest good checkpoint left ({aside} kept)")
+        say(f"Stage {stage}: {problem}; resuming from the newest good checkpoint left ({aside} kept)")
     else:
         log.info(
             "stage %s: Ray's run snapshot lists damaged checkpoint %s; kept as %s", stage, damaged, aside
         )
+
+
+def route_ray_output(run_log: RunLog) -> None:
+    """Hand the output Ray streams from workers and actors to ``run_log`` (see console.py).
+
+    Ray's only public switch is ``ray.init(log_to_driver=...)``; where the lines go is decided by
+    its worker-stream dispatcher, the hook the Ray Client log servicer also uses. The router
+    stays after the run (late lines still reach its log file) until the next run replaces it.
+    """
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    name = "ray_print_logs"  # what ray.init registers its printer as (ray/_private/worker.py)
+    printers = [handler for key, handler in dispatcher.handlers if key == name]
+    if not printers:  # log_to_driver=False: no worker output comes to this process
+        return
+    ray_printer = getattr(printers[0], "ray_printer", printers[0])  # unwrap an earlier run's router
+
+    def router(data: dict[str, Any]) -> None:
+        run_log.worker_output(data, ray_printer)
+
+    router.ray_printer = ray_printer
+    dispatcher.remove_handler(name)
+    dispatcher.add_handler(name, router)
+
+
+def describe_failure(error: Exception) -> str:
+    """Ray Train's failure as a few lines: per failed worker rank, its exception's last line."""
+    from ray.train import WorkerGroupError
+
+    from srgan_dist.train.loop import WorkerFailed
+
+    def last_line(text: str) -> str:
+        lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+        if not lines:
+            return "(no message)"
+        # A worker's own exception arrives as its traceback text; Ray's errors start with the point.
+        line = lines[-1] if "Traceback (most recent call last)" in text else lines[0]
+        return line.removeprefix(f"{WorkerFailed.__module__}.{WorkerFailed.__name__}: ")
+
+    if isinstance(error, WorkerGroupError) and error.worker_failures:
+        return "\n".join(
+            f"  worker rank {rank}: {last_line(str(failure))}"
+            for rank, failure in sorted(error.worker_failures.items())
+        )
+    return "  " + last_line(str(error))
 
 
 def run_stage(
@@ -296,7 +357,7 @@ def run_stage(
     test_hooks: dict[str, Any] | None = None,
 ) -> Any:
     """One Ray Train run for ``stage``; returns Ray's ``Result``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     from srgan_dist.train.loop import train_loop_per_worker
@@ -330,7 +391,14 @@ def run_stage(
     set_aside_stale_ray_snapshot(stage, run_dir.checkpoints(stage))
     error_file = run_dir.stage_error(stage)
     error_file.unlink(missing_ok=True)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as error:
+        log.info("stage %s: Ray Train's error in full", stage, exc_info=True)  # the log file's copy
+        raise RunError(
+            f"stage {stage} failed (train.max_failures={cfg.train.max_failures} restart(s) allowed):\n"
+            + describe_failure(error)
+        ) from error
     if error_file.is_file():  # see train/loop.py: errors a restart cannot fix end the attempt
         error = json.loads(error_file.read_text())
         raise RunError(f"stage {stage} cannot start: {error['message']} (not retried: it would fail again)")
@@ -395,50 +463,82 @@ def stage_summary(cfg: Config, stage: str, metrics: dict[str, Any], wall_time_s:
 
 
 def run_training(
-    cfg: Config, *, resume: bool = False, address: str | None = None, test_hooks: dict[str, Any] | None = None
+    cfg: Config,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    verbose: bool = False,
+    test_hooks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train every stage of ``cfg`` not finished yet; return ``summary.json``'s content."""
+    """Train every stage of ``cfg`` not finished yet; return ``summary.json``'s content.
+
+    The console gets the lines of ``srgan_dist/console.py``; Ray's logs and the workers' full
+    output go to ``<run>/train.log`` (to both with ``verbose``).
+    """
     cfg = resolve_paths(cfg)
     run_dir = run_dir_of(cfg)
     run_dir.check_location()
     check_run_directory(cfg, run_dir, resume)
     train_files, val_files = scan_data(cfg, run_dir)
-    check_vgg(cfg)
-    print(f"Data: {len(train_files)} training image(s), {len(val_files)} validation image(s)", flush=True)
+    workers_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vgg_weights=check_vgg(cfg)))
 
+    run_dir.root.mkdir(parents=True, exist_ok=True)  # for train.log; config.yaml comes once Ray is up
+    with RunLog(run_dir.log_file, verbose) as run_log:
+        say(f"Data: {len(train_files)} training image(s), {len(val_files)} validation image(s)")
+        summary = _train_stages(
+            cfg, workers_cfg, run_dir, run_log, train_files, val_files, address, test_hooks
+        )
+        print_summary(summary)
+    return summary
+
+
+def _train_stages(
+    cfg: Config,
+    workers_cfg: Config,
+    run_dir: RunDir,
+    run_log: RunLog,
+    train_files: list[str],
+    val_files: list[str],
+    address: str | None,
+    test_hooks: dict[str, Any] | None,
+) -> dict[str, Any]:
     summary = load_summary(run_dir)
     summary["run"] = {"name": cfg.run.name, "run_dir": str(run_dir.root)}
 
     def finished(stage: str) -> bool:
         return bool(summary["stages"].get(stage, {}).get("completed")) and run_dir.generator(stage).is_file()
 
-    use_gpu = False
-    if not all(finished(stage) for stage in cfg.train.stages):  # nothing left: no Ray needed
-        connect_ray(address, cfg.scaling.num_workers, cfg.scaling.cpus_per_worker)
-        use_gpu = decide_gpu(cfg)
+    if all(finished(stage) for stage in cfg.train.stages):  # nothing left: no Ray needed
+        for stage in cfg.train.stages:
+            say(f"Stage {stage}: already finished, skipping ({run_dir.generator(stage).name})")
+        return summary
+    import ray  # noqa: F401 - gives Ray's driver logger its handlers, which run_log then takes over
 
+    run_log.capture_ray_logger()
+    connect_ray(address, cfg.scaling.num_workers, cfg.scaling.cpus_per_worker)
+    route_ray_output(run_log)
+    use_gpu = decide_gpu(cfg)
     # The run starts here: config.yaml marks the folder as holding a run (a new run with this
     # name then needs --resume), so a failure in pre-flight or while connecting must not write it.
-    run_dir.root.mkdir(parents=True, exist_ok=True)
     run_dir.config_file.write_text(to_yaml(cfg))
-    print(f"Run directory: {run_dir.root}", flush=True)
-    print(
-        f"TensorBoard:   tensorboard --logdir {run_dir.tensorboard_root}   "
-        f"(or: srgan-dist tensorboard {run_dir.root})"
+    say(f"Run directory: {run_dir.root}")
+    say(
+        f"TensorBoard:   tensorboard --logdir {run_dir.tensorboard_root}   (or: srgan-dist tensorboard {run_dir.root})"
     )
-
+    if not run_log.verbose:
+        say(f"Log:           {run_dir.log_file} (Ray and every worker; -v prints it here too)")
     previous_generator: Path | None = None
     for stage in cfg.train.stages:
         if finished(stage):
-            print(f"Stage {stage}: already finished, skipping ({run_dir.generator(stage).name})", flush=True)
+            say(f"Stage {stage}: already finished, skipping ({run_dir.generator(stage).name})")
             previous_generator = run_dir.generator(stage)
             continue
-        print(f"Stage {stage}: {cfg.stage(stage).iterations} steps", flush=True)
+        say(f"Stage {stage}: {cfg.stage(stage).iterations} steps")
         nonfinite = run_dir.nonfinite_marker(stage)
         nonfinite.unlink(missing_ok=True)
         started = time.perf_counter()
         result = run_stage(
-            cfg, stage, run_dir, train_files, val_files, previous_generator, use_gpu, test_hooks
+            workers_cfg, stage, run_dir, train_files, val_files, previous_generator, use_gpu, test_hooks
         )
         if nonfinite.is_file():
             info = json.loads(nonfinite.read_text())
@@ -451,22 +551,19 @@ def run_training(
         previous_generator, metrics = export_stage_generator(cfg, stage, result, run_dir)
         summary["stages"][stage] = stage_summary(cfg, stage, metrics, time.perf_counter() - started)
         write_summary(run_dir, summary)
-        print(f"Stage {stage}: done, exported {previous_generator}", flush=True)
-
-    print_summary(summary)
+        say(f"Stage {stage}: done, exported {previous_generator}")
     return summary
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    print("\nValidation PSNR / SSIM (Y channel, border = scale):", flush=True)
+    say("\nValidation PSNR / SSIM (Y channel, border = scale):")
     for stage, entry in summary["stages"].items():
         if entry.get("val_psnr") is None:
-            print(f"  {stage:9s} no validation set")
+            say(f"  {stage:9s} no validation set")
             continue
         gain = entry["val_psnr"] - entry["val_psnr_bicubic"]
-        print(
+        say(
             f"  {stage:9s} model {entry['val_psnr']:.2f} dB / {entry['val_ssim']:.4f}   bicubic "
             f"{entry['val_psnr_bicubic']:.2f} dB / {entry['val_ssim_bicubic']:.4f}   gain {gain:+.2f} dB   "
-            f"({entry['steps']} steps, {entry['samples_per_s']:.1f} samples/s)",
-            flush=True,
+            f"({entry['steps']} steps, {entry['samples_per_s']:.1f} samples/s)"
         )

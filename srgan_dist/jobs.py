@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from srgan_dist.rundir import join_run_location
+from srgan_dist.rundir import LOG_FILE, join_run_location
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # How long a host:port (GCS) address may take to accept a TCP connection (see ``client``).
@@ -133,6 +133,7 @@ def training_entrypoint(
     resume: bool = False,
     overrides: list[str] = (),
     python: str = "python",
+    verbose: bool = False,
 ) -> str:
     """The shell command of a training job: ``python launch.py --address auto ...``."""
     args = [python, "launch.py", "--address", "auto", "--config", config, "--name", name]
@@ -141,6 +142,8 @@ def training_entrypoint(
         args += ["--workers", workers]
     if resume:
         args.append("--resume")
+    if verbose:
+        args.append("--verbose")
     args += list(overrides)
     return shlex.join(args)
 
@@ -255,6 +258,7 @@ def build_training_job(
     resume: bool = False,
     overrides: list[str] = (),
     python: str = "python",
+    verbose: bool = False,
     options: JobOptions | None = None,
 ) -> JobRequest:
     """The job request that trains ``config`` on a cluster.
@@ -281,6 +285,7 @@ def build_training_job(
         resume=resume,
         overrides=list(overrides),
         python=python,
+        verbose=verbose,
     )
     return build_command_job(
         entrypoint=entrypoint, name=name, options=options, run_dir=join_run_location(storage, name)
@@ -395,6 +400,11 @@ def stop(job_id: str, address: str | None = None) -> bool:
     return client(address).stop_job(job_id)
 
 
+def run_log_location(run_dir: str) -> str:
+    """Where a training job's full log is: ``<run dir>/train.log`` (the job log is its console)."""
+    return f"{run_dir.rstrip('/')}/{LOG_FILE}"
+
+
 def format_info(info) -> str:
     """A few lines about a job for ``srgan-dist status``."""
 
@@ -417,4 +427,5 @@ def format_info(info) -> str:
     run_dir = (info.metadata or {}).get(META_RUN_DIR)
     if run_dir:
         lines.append(f"run dir:    {run_dir}")
+        lines.append(f"full log:   {run_log_location(run_dir)}")
     return "\n".join(lines)

@@ -3,6 +3,10 @@
 ``make_monitor(rank, ...)`` returns a ``Monitor`` on rank 0 and a ``NullMonitor`` elsewhere, so the
 training loop calls the same methods on every rank and only rank 0 writes anything. Metrics passed
 in are expected to be all-reduced already.
+
+Progress and messages are the console of a run: they go to the worker's **stdout**, which the
+driver prints (everything else a worker writes goes to stderr and only to the run's log file;
+see ``srgan_dist/console.py``).
 """
 
 from __future__ import annotations
@@ -14,9 +18,20 @@ from typing import Any
 
 import torch
 
-# Progress goes through logging, not print: Ray Train re-routes a worker's print() into its own
-# logger, and the driver's console shows each line once either way.
+from srgan_dist.console import StdoutHandler
+
+# Progress goes through a logger of its own, not print: Ray Train re-routes a worker's print()
+# into its root logger (stderr). This one writes to stdout only.
 log = logging.getLogger("srgan_dist.progress")
+
+
+def console_logger() -> logging.Logger:
+    """``srgan_dist.progress``: plain lines on stdout, not passed on to the root logger."""
+    if not any(isinstance(h, StdoutHandler) for h in log.handlers):
+        log.addHandler(StdoutHandler())
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    return log
 
 
 def format_duration(seconds: float) -> str:
@@ -65,27 +80,35 @@ class Monitor(NullMonitor):
         self.total_steps = total_steps
         self.start_step = start_step
         self.started = time.perf_counter()
+        self.last_val: tuple[float, float] | None = None  # (model, bicubic) PSNR of the last validation
+        self.console = console_logger()
         self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None)
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
         self.writer.flush()
+        if "val/psnr" in values and "val/psnr_bicubic" in values:
+            self.last_val = (values["val/psnr"], values["val/psnr_bicubic"])
 
     def images(self, step: int, tag: str, grid_CHW: torch.Tensor) -> None:
         self.writer.add_image(tag, grid_CHW.clamp(0, 1).cpu(), step)
         self.writer.flush()
 
     def progress(self, step: int, values: dict[str, float]) -> None:
-        """One plain line a person (or a log file) can follow: step/total, losses, speed, ETA."""
+        """One plain line a person (or a log file) can follow: step/total, losses, speed, ETA, and
+        the last validation's PSNR against bicubic."""
         done = step - self.start_step
         elapsed = time.perf_counter() - self.started
         eta = elapsed / done * (self.total_steps - step) if done > 0 else 0.0
         losses = " ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in values.items() if k.startswith("loss/"))
         speed = values.get("perf/samples_per_s", 0.0)
-        log.info(
-            "[%s] step %d/%d (%.0f%%) %s | %.1f samples/s | ETA %s",
-            self.stage, step, self.total_steps, 100 * step / self.total_steps, losses, speed, format_duration(eta),
+        val = (
+            f" | val PSNR {self.last_val[0]:.2f} dB (bicubic {self.last_val[1]:.2f})" if self.last_val else ""
+        )
+        self.console.info(
+            "[%s] step %d/%d (%.0f%%) %s | %.1f samples/s | ETA %s%s",
+            self.stage, step, self.total_steps, 100 * step / self.total_steps, losses, speed, format_duration(eta), val,
         )  # fmt: skip
 
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
@@ -94,7 +117,7 @@ class Monitor(NullMonitor):
         self.writer.flush()
 
     def message(self, text: str) -> None:
-        log.info("[%s] %s", self.stage, text)
+        self.console.info("[%s] %s", self.stage, text)
 
     def close(self) -> None:
         self.writer.close()

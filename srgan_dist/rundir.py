@@ -5,6 +5,7 @@ Everything a run writes, and everything that reads a finished run, names files t
 
     <storage>/<name>/
       config.yaml                      the resolved config (written when training really starts)
+      train.log                        everything the driver, Ray and every worker wrote (appended)
       summary.json                     per stage: steps, wall time, samples/s, validation numbers
       tensorboard/<stage>/             rank 0's TensorBoard events, one sub-folder per stage
       <name>-<stage>/step-NNNNNNNN/    Ray Train's checkpoints of each stage
@@ -24,6 +25,7 @@ from pathlib import Path
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
+LOG_FILE = "train.log"
 TENSORBOARD_DIR = "tensorboard"
 NONFINITE_FILE = "nonfinite.json"
 STAGE_ERROR_FILE = "error.json"
@@ -62,6 +64,11 @@ class RunDir:
     @property
     def summary_file(self) -> Path:
         return self.root / SUMMARY_FILE
+
+    @property
+    def log_file(self) -> Path:
+        """The driver's, Ray's and every worker's full output; the console names it."""
+        return self.root / LOG_FILE
 
     @property
     def tensorboard_root(self) -> Path:

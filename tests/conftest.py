@@ -1,12 +1,26 @@
-"""Shared fixtures: one embedded Ray instance per test session, and small generated photos."""
+"""Shared fixtures: one embedded Ray instance and one two-node local cluster per test session
+(each costs tens of seconds to start; tests share them), and small generated photos."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "cluster" / "local_cluster.sh"
+RAY_BIN = Path(sys.executable).parent / "ray"
 
 
 def make_photo(size: tuple[int, int], seed: int) -> np.ndarray:
@@ -51,3 +65,153 @@ def ray_local():
         init_embedded_ray(num_cpus=4, log_to_driver=True)
     yield ray
     ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# A real two-node Ray cluster on this machine (cluster/local_cluster.sh), driven only through its
+# scripts, the job server and the `srgan-dist` CLI: no in-process ray.init (other tests may hold
+# an embedded Ray in this process). Ports differ from the defaults so a developer's cluster is safe.
+
+
+class LocalCluster:
+    """cluster/local_cluster.sh on its own ports and temp dir."""
+
+    def __init__(
+        self,
+        gcs_port: int,
+        dashboard_port: int,
+        auth: str = "token",
+        extra_env: dict[str, str] | None = None,
+    ):
+        self.address = f"http://127.0.0.1:{dashboard_port}"
+        self.gcs_address = f"127.0.0.1:{gcs_port}"
+        self.tmp = f"/tmp/srgan-test-ray-{gcs_port}"
+        self.env = {
+            **os.environ,
+            "RAY_BIN": str(RAY_BIN),
+            "SRGAN_CLUSTER_GCS_PORT": str(gcs_port),
+            "SRGAN_CLUSTER_DASHBOARD_PORT": str(dashboard_port),
+            "SRGAN_CLUSTER_TMP": self.tmp,
+            "SRGAN_CLUSTER_AUTH": auth,
+            "RAY_ADDRESS": self.address,
+            "RAY_AUTH_MODE": auth,
+        }
+        if auth == "token":
+            self.env["RAY_AUTH_TOKEN_PATH"] = f"{self.tmp}/auth_token"
+        else:
+            self.env.pop("RAY_AUTH_TOKEN_PATH", None)
+        self.env.update(extra_env or {})
+
+    def script(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(SCRIPT), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def cli(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """`srgan-dist ARGS` against this cluster, from the project root (the uploaded dir)."""
+        return subprocess.run(
+            [sys.executable, "-m", "srgan_dist.cli", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def logs(self, job_id: str) -> str:
+        return self.cli("logs", job_id, timeout=60).stdout
+
+    def follow(self, job_id: str) -> JobLog:
+        """``srgan-dist logs JOB --follow`` in the background (close it when done)."""
+        return JobLog(self, job_id)
+
+    def actor_nodes(self, class_name: str) -> set[str]:
+        """Nodes that hosted actors of ``class_name`` (alive or dead) on this cluster."""
+        result = subprocess.run(
+            [
+                str(RAY_BIN),
+                "list",
+                "actors",
+                "--address",
+                self.address,
+                "--filter",
+                f"class_name={class_name}",
+                "--detail",
+                "--format",
+                "json",
+                "--limit",
+                "1000",
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return {actor["node_id"] for actor in json.loads(result.stdout)}
+
+
+@contextlib.contextmanager
+def local_cluster(
+    gcs_port: int, dashboard_port: int, auth: str = "token", extra_env: dict[str, str] | None = None
+) -> Iterator[LocalCluster]:
+    """Two nodes up for the block; torn down even when starting or a test fails. ``extra_env``
+    goes to the script and the CLI (e.g. another ``RAY_BIN``)."""
+    cluster = LocalCluster(gcs_port, dashboard_port, auth, extra_env)
+    try:
+        started = cluster.script("up")
+        assert started.returncode == 0, started.stderr + started.stdout
+        assert f"RAY_ADDRESS={cluster.address}" in started.stdout
+        yield cluster
+    finally:
+        stopped = cluster.script("down", timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+
+
+class JobLog:
+    """A job's log as ``srgan-dist logs --follow`` streams it: one process, read as lines arrive
+    (polling ``srgan-dist logs`` costs a Python start and a Ray import per look)."""
+
+    def __init__(self, cluster: LocalCluster, job_id: str) -> None:
+        self.job_id = job_id
+        self.text = ""
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "srgan_dist.cli", "logs", job_id, "--follow"],
+            env=cluster.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.text += line
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.text)
+            if match:
+                return match
+            if not self.reader.is_alive():
+                break
+            time.sleep(0.2)
+        raise AssertionError(
+            f"{pattern!r} not in the logs of {self.job_id} after {timeout}s:\n{self.text[-3000:]}"
+        )
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def two_node_cluster() -> Iterator[LocalCluster]:
+    """One token-authenticated two-node cluster for every cluster test of the session (the cluster
+    and cluster-training modules): starting one takes tens of seconds. Tests that take a node
+    down bring it back."""
+    with local_cluster(gcs_port=6590, dashboard_port=8565, auth="token") as running:
+        yield running

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RAY_BIN, LocalCluster, local_cluster
 from PIL import Image
-from test_cluster_local import RAY_BIN, LocalCluster, local_cluster
 
 from srgan_dist.doctor import CheckLine, NodeProbe
 

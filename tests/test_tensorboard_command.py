@@ -39,7 +39,7 @@ def test_tensorboard_serves_a_run_directory(tmp_path: Path) -> None:
                     runs = json.loads(response.read())
             except OSError:
                 assert process.poll() is None, process.stdout.read()
-                time.sleep(1)
+                time.sleep(0.25)
         assert runs == ["srresnet"]  # one TensorBoard run per stage folder
     finally:
         process.terminate()

@@ -1,12 +1,22 @@
-"""End-to-end training on the embedded Ray (2 CPU workers, gloo, tiny model and images).
+"""End-to-end training on an embedded Ray (2 CPU workers, gloo, tiny model and images).
 
-Each test drives ``run_training`` in-process against the session's Ray instance and checks what a
-user relies on: the run directory contract, TensorBoard contents, restarts and resumes.
+The full two-stage run is ``python launch.py`` in a subprocess, as a user starts it (its own
+embedded Ray), once per module: its tests read its run directory and its console. The fault tests
+drive ``run_training`` in-process against the session's Ray instance (they need test hooks).
+What a user relies on: the run directory contract, TensorBoard contents, the console, restarts
+and resumes.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +26,8 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+from srgan_dist import driver
+from srgan_dist.commands import train as train_command
 from srgan_dist.config import config_from_dict, load_config, to_dict
 from srgan_dist.driver import RunError, run_training
 from srgan_dist.generator_io import load_generator
@@ -32,7 +44,7 @@ def photos(tmp_path_factory) -> dict[str, Path]:
     return {"train": root / "train", "val": root / "val"}
 
 
-def tiny_config(photos: dict[str, Path], storage: Path, name: str, *overrides: str):
+def tiny_overrides(photos: dict[str, Path], storage: Path, name: str, *overrides: str) -> list[str]:
     """The demo preset shrunk to seconds: 1 residual block, 8 channels, 32 px crops, batch 2."""
     base = [
         f"data.train={photos['train']}",
@@ -58,7 +70,26 @@ def tiny_config(photos: dict[str, Path], storage: Path, name: str, *overrides: s
             f"{stage}.checkpoint_interval=2",
             f"{stage}.lr_milestones=[]",
         ]
-    return load_config(ROOT / "configs" / "demo.yaml", base + list(overrides))
+    return base + list(overrides)
+
+
+def tiny_config(photos: dict[str, Path], storage: Path, name: str, *overrides: str):
+    return load_config(ROOT / "configs" / "demo.yaml", tiny_overrides(photos, storage, name, *overrides))
+
+
+# What Ray prints on a healthy run that a user cannot act on (issue 13); only in the log file.
+RAY_NOISE = (
+    "PreemptionWatcher",
+    "authentication token",
+    "Token authentication is enabled",
+    "Reporting training result",
+    "Checkpoint successfully created",
+    "Started training worker group",
+    "Attempting to start training worker group",
+    "Downloading: https://download.pytorch.org",
+    "RayTrainWorker pid=",
+    "TrainController pid=",
+)
 
 
 def scalars(log_dir: Path) -> EventAccumulator:
@@ -82,10 +113,35 @@ def steps_per_event_file(log_dir: Path, tag: str) -> list[list[int]]:
     return result
 
 
-def test_two_stage_run_fills_the_run_directory(ray_local, photos, tmp_path):
+def launch_args(overrides: list[str], *flags: str):
+    """``python launch.py`` arguments, parsed as the command parses them."""
+    parser = train_command.argparse.ArgumentParser()
+    train_command.add_arguments(parser)
+    return parser.parse_args(["--config", str(ROOT / "configs" / "demo.yaml"), *flags, *overrides])
+
+
+@pytest.fixture(scope="module")
+def full_run(photos, tmp_path_factory) -> dict:
+    """``python launch.py`` with both stages, its own embedded Ray: the console and the run dir."""
+    storage = tmp_path_factory.mktemp("runs")
+    overrides = tiny_overrides(photos, storage, "full", "srgan.lr=1e-12")
+    command = [sys.executable, "launch.py", "--config", "configs/demo.yaml", *overrides]
+    # Its own Ray temp dir: ray.init() would join a `ray start` cluster it finds in /tmp/ray.
+    ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")  # short: Ray's socket paths
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_TMPDIR": ray_tmp}
+    try:
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return {"run_dir": storage / "full", "storage": storage, "stdout": result.stdout, "stderr": result.stderr}
+
+
+def test_two_stage_run_fills_the_run_directory(photos, full_run):
+    tmp_path = full_run["storage"]
     cfg = tiny_config(photos, tmp_path, "full", "srgan.lr=1e-12")
-    summary = run_training(cfg)
-    run_dir = tmp_path / "full"
+    run_dir = full_run["run_dir"]
+    summary = json.loads((run_dir / "summary.json").read_text())
 
     # config.yaml is the resolved config and loads back to the same tree.
     saved = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
@@ -93,8 +149,8 @@ def test_two_stage_run_fills_the_run_directory(ray_local, photos, tmp_path):
     assert saved.data.train == str(photos["train"])
 
     # summary.json: both stages, exact step counts, model and bicubic numbers.
-    on_disk = json.loads((run_dir / "summary.json").read_text())
-    assert on_disk == summary
+    on_disk = summary
+    assert on_disk["run"] == {"name": "full", "run_dir": str(run_dir)}
     for stage, steps in (("srresnet", 6), ("srgan", 4)):
         entry = on_disk["stages"][stage]
         assert entry["completed"] and entry["steps"] == steps and entry["workers"] == 2
@@ -141,7 +197,7 @@ def test_two_stage_run_fills_the_run_directory(ray_local, photos, tmp_path):
         assert len(gan.Scalars(tag)) == 4, tag
     assert (run_dir / "tensorboard" / "srgan").glob("events.*")
 
-    # Running it again with --resume skips both finished stages and changes nothing.
+    # Running it again with --resume skips both finished stages (without Ray) and changes nothing.
     mtime = (run_dir / "generator_srgan.safetensors").stat().st_mtime
     assert run_training(cfg, resume=True)["stages"] == summary["stages"]
     assert (run_dir / "generator_srgan.safetensors").stat().st_mtime == mtime
@@ -155,7 +211,43 @@ def test_two_stage_run_fills_the_run_directory(ray_local, photos, tmp_path):
         )
 
 
-def test_a_dying_worker_resumes_from_the_latest_checkpoint(ray_local, photos, tmp_path):
+def test_console_shows_progress_and_summary_and_the_log_file_has_the_rest(full_run):
+    console = full_run["stdout"] + full_run["stderr"]
+    for noise in RAY_NOISE:
+        assert noise not in console, noise
+    run_dir = full_run["run_dir"]
+    lines = full_run["stdout"].splitlines()
+    # Pre-flight, in order, naming the log file.
+    assert lines[:4] == [
+        "Data: 6 training image(s), 2 validation image(s)",
+        f"Run directory: {run_dir}",
+        f"TensorBoard:   tensorboard --logdir {run_dir}/tensorboard   (or: srgan-dist tensorboard {run_dir})",
+        f"Log:           {run_dir}/train.log (Ray and every worker; -v prints it here too)",
+    ]
+    # Per stage: a header, progress lines (with the last validation against bicubic once there is
+    # one), validation lines, the export; then the summary.
+    for stage, steps in (("srresnet", 6), ("srgan", 4)):
+        assert f"Stage {stage}: {steps} steps" in lines
+        assert any(line.startswith(f"[{stage}] step {steps}/{steps} (100%)") for line in lines), stage
+        assert any(line.startswith(f"[{stage}] validation at step 3: PSNR") for line in lines), stage
+        assert f"Stage {stage}: done, exported {run_dir}/generator_{stage}.safetensors" in lines
+    step_4 = next(line for line in lines if line.startswith("[srresnet] step 4/6"))
+    assert re.search(r"\| ETA \S+ \| val PSNR [\d.]+ dB \(bicubic [\d.]+\)$", step_4), step_4
+    assert "Validation PSNR / SSIM (Y channel, border = scale):" in lines
+    assert re.search(r"^  srgan +model [\d.]+ dB", full_run["stdout"], re.MULTILINE)
+    assert len(lines) < 50, full_run["stdout"]
+    # The log file has what the console leaves out: Ray's driver log and every worker's output.
+    log = (run_dir / "train.log").read_text()
+    for line in (
+        "Reporting training result",
+        "Checkpoint successfully created",
+        "Started a local Ray instance",
+    ):
+        assert line in log, line
+    assert "(RayTrainWorker pid=" in log and "[srgan] step 4/4" in log
+
+
+def test_a_dying_worker_resumes_from_the_latest_checkpoint(ray_local, photos, tmp_path, capsys):
     marker = tmp_path / "died-once"
     hooks = {"die": {"stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker)}}
     cfg = tiny_config(
@@ -172,15 +264,28 @@ def test_a_dying_worker_resumes_from_the_latest_checkpoint(ray_local, photos, tm
     assert attempts[1] == [4, 5, 6]  # resumed from the step-3 checkpoint: one interval repeated at most
     # TensorBoard's purge makes the curve continuous: one value per step, no rewound stretch.
     assert [e.step for e in scalars(log_dir).Scalars("loss/content")] == [1, 2, 3, 4, 5, 6]
+    # The console (in-process, quiet) says so and leaves Ray's restart chatter to the log file.
+    out = capsys.readouterr().out
+    assert "[srresnet] resumed from checkpoint at step 3/6 on 2 worker(s)" in out
+    assert not [noise for noise in RAY_NOISE if noise in out]
 
 
-def test_driver_rerun_skips_finished_stage_and_resumes_on_fewer_workers(ray_local, photos, tmp_path):
-    marker = tmp_path / "died-once"
-    hooks = {"die": {"stage": "srgan", "step": 3, "rank": 0, "marker": str(marker)}}
-    cfg = tiny_config(photos, tmp_path, "rerun", "train.max_failures=0")
-    with pytest.raises(Exception, match=r"(?i)fail|error"):
-        run_training(cfg, test_hooks=hooks)  # the "driver" gives up: stage srgan unfinished
+def test_a_failing_worker_is_reported_first_and_a_rerun_resumes_on_fewer_workers(
+    ray_local, photos, tmp_path, monkeypatch, capsys
+):
+    hooks = {"raise": {"stage": "srgan", "step": 3, "rank": 0}}
+    monkeypatch.setattr(driver, "run_training", functools.partial(run_training, test_hooks=hooks))
+    args = launch_args(tiny_overrides(photos, tmp_path, "rerun", "train.max_failures=0"))
+    assert train_command.run(args) == 2  # the "driver" gives up: stage srgan unfinished
     run_dir = tmp_path / "rerun"
+    # The console: the real error first (stage, worker rank, step, exception), then the full log.
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == "error: stage srgan failed (train.max_failures=0 restart(s) allowed):", err
+    assert "  worker rank 0: stage srgan, after step 3: RuntimeError: test hook: rank 0 raises" in "\n".join(
+        err
+    )
+    assert err[-1] == f"Full log: {run_dir}/train.log"
+    assert "Traceback" in (run_dir / "train.log").read_text()  # the worker's, in full
     assert json.loads((run_dir / "summary.json").read_text())["stages"].keys() == {"srresnet"}
     exported = (run_dir / "generator_srresnet.safetensors").stat().st_mtime
 
@@ -201,10 +306,17 @@ def test_nonfinite_loss_stops_the_stage_without_checkpointing_it(ray_local, phot
     assert not (run_dir / "generator_srresnet.safetensors").exists()
 
 
-def test_nonfinite_loss_can_be_skipped_and_counted(ray_local, photos, tmp_path):
+def test_nonfinite_loss_can_be_skipped_and_counted_and_verbose_prints_ray(
+    ray_local, photos, tmp_path, capsys
+):
     hooks = {"nan": {"stage": "srresnet", "step": 3}}
     cfg = tiny_config(photos, tmp_path, "skip", "train.stages=[srresnet]", "train.on_nonfinite=skip")
-    summary = run_training(cfg, test_hooks=hooks)
+    summary = run_training(cfg, test_hooks=hooks, verbose=True)
     assert summary["stages"]["srresnet"]["steps"] == 6
     skips = scalars(tmp_path / "skip" / "tensorboard" / "srresnet").Scalars("train/nonfinite_skips")
     assert skips[-1].value == 1
+    captured = capsys.readouterr()
+    assert "[srresnet] non-finite loss at step 3: update skipped (1 so far)" in captured.out
+    # verbose: Ray's worker output is printed as Ray prints it (and still written to the log file).
+    assert "Reporting training result" in captured.out + captured.err
+    assert "Reporting training result" in (tmp_path / "skip" / "train.log").read_text()

@@ -44,6 +44,12 @@ def register(subparsers) -> None:
     )
     submit.add_argument("--resume", action="store_true", help="continue the run of the same --name")
     submit.add_argument("--wait", action="store_true", help="follow the logs; exit 1 unless it succeeds")
+    submit.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="the job prints Ray's logs and every worker's output too (always in <run dir>/train.log)",
+    )
     submit.add_argument("--working-dir", default=".", help="project folder to upload (default .)")
     submit.add_argument(
         "--runtime-env", metavar="FILE", help="runtime env YAML to start from (e.g. cluster/runtime_env.yaml)"
@@ -167,6 +173,7 @@ def run_submit(args: argparse.Namespace) -> int:
                 resume=args.resume,
                 overrides=args.overrides,
                 python=args.python,
+                verbose=args.verbose,
                 options=options,
             )
     except (jobs.JobError, ValueError) as error:
@@ -182,6 +189,7 @@ def run_submit(args: argparse.Namespace) -> int:
     print(f"  status, stop: srgan-dist status {q_id} / srgan-dist stop {q_id} (same --address)")
     if request.run_dir:
         print(f"  run dir:      {request.run_dir}")
+        print(f"  full log:     {jobs.run_log_location(request.run_dir)} (Ray and every worker)")
         print(
             f"  TensorBoard:  tensorboard --logdir {shlex.quote(request.run_dir + '/' + TENSORBOARD_DIR)} --host 127.0.0.1"
         )
@@ -194,6 +202,8 @@ def run_submit(args: argparse.Namespace) -> int:
         print(f"\nStopped following; the job keeps running. Stop it with: srgan-dist stop {q_id}")
         return 130
     print(f"Job {job_id} ended: {status}")
+    if status != "SUCCEEDED" and request.run_dir:
+        print(f"Full log: {jobs.run_log_location(request.run_dir)}")
     return 0 if status == "SUCCEEDED" else 1
 
 
@@ -210,6 +220,9 @@ def run_logs(args: argparse.Namespace) -> int:
     if args.follow:
         status = jobs.follow_logs(args.job_id, args.address)
         print(f"Job {args.job_id} ended: {status}", file=sys.stderr)
+        run_dir = (jobs.job_info(args.job_id, args.address).metadata or {}).get(jobs.META_RUN_DIR)
+        if status != "SUCCEEDED" and run_dir:
+            print(f"Full log: {jobs.run_log_location(run_dir)}", file=sys.stderr)
         return 0
     sys.stdout.write(jobs.job_logs(args.job_id, args.address))
     return 0

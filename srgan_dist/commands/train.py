@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tensorboard", action="store_true", help="also serve the run's TensorBoard on 127.0.0.1:6006"
     )
     parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="print Ray's logs and every worker's full output too (they always go to <run>/train.log)",
+    )
+    parser.add_argument(
         "overrides", nargs="*", metavar="key.path=value", help="config overrides (anywhere on the line)"
     )
 
@@ -71,15 +77,19 @@ def run(args: argparse.Namespace) -> int:
     from srgan_dist.vgg_weights import VGGWeightsUnavailable
 
     server = None
+    log_file = None
     try:
         cfg = config_from_args(args)
+        log_file = run_dir_of(cfg).log_file
         if args.tensorboard:
             from srgan_dist.commands.tensorboard import start_tensorboard
 
             server = start_tensorboard(run_dir_of(cfg).root.resolve(), host="127.0.0.1", port=6006)
-        run_training(cfg, resume=args.resume, address=args.address)
+        run_training(cfg, resume=args.resume, address=args.address, verbose=args.verbose)
     except (ConfigError, DataError, RunError, VGGWeightsUnavailable, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        if log_file is not None and log_file.is_file():
+            print(f"Full log: {log_file}", file=sys.stderr)
         return 2
     finally:
         if server is not None:
@@ -87,21 +97,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def setup_logging(args: argparse.Namespace) -> None:
+    from srgan_dist.console import configure_logging
+
+    configure_logging(args.verbose)
+
+
 def register(subparsers) -> None:
     text = "Train SRResNet then SRGAN on Ray Train workers (same as python launch.py)"
     parser = subparsers.add_parser("train", help=text, description=text)
     add_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, setup_logging=setup_logging)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python launch.py ...``"""
-    import logging
-
     from srgan_dist.commands import parse_with_overrides
 
     parser = argparse.ArgumentParser(prog="launch.py", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parse_with_overrides(parser, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     return run(args)

@@ -6,6 +6,8 @@ Never set in normal runs: ``FaultHooks()`` with no hooks does nothing. A hook is
 - ``die``: that rank's process exits after that step, once (``marker`` file = once); with
   ``truncate`` (a file path) it first cuts that file to half its size, e.g. the newest
   checkpoint's ``state.pt``: a checkpoint damaged while its worker dies.
+- ``raise``: that rank raises ``RuntimeError`` after that step (a bug in training code), once
+  the checkpoint reported last is registered.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class FaultHooks:
         return hr * float("nan") if self._fires("nan", stage, step, rank) else hr
 
     def after_step(self, stage: str, step: int, rank: int) -> None:
+        if self._fires("raise", stage, step, rank):
+            self.wait_for_checkpoints()
+            raise RuntimeError(f"test hook: rank {rank} raises after {stage} step {step}")
         if not self._fires("die", stage, step, rank):
             return
         marker = Path(self.hooks["die"]["marker"])

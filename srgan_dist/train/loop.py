@@ -33,6 +33,11 @@ from srgan_dist.train.faults import FaultHooks
 from srgan_dist.train.trainer import StageTrainer, all_reduce_sum
 
 
+class WorkerFailed(RuntimeError):
+    """A worker's training raised: says at which stage and step, for the driver's console (Ray
+    Train adds the rank)."""
+
+
 def report_to_ray(metrics: dict[str, Any], checkpoint_dir: Path | None, dir_name: str) -> None:
     checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
     ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
@@ -79,4 +84,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         error = caught
     if stop_without_restart(error, run_dir, stage, rank, device):
         return
-    trainer.run()
+    try:
+        trainer.run()
+    except Exception as error:
+        raise WorkerFailed(
+            f"stage {trainer.stage}, after step {trainer.step}: {type(error).__name__}: {error}"
+        ) from error
