@@ -39,13 +39,15 @@ FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 class StdoutHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stdout`` is at emit time (pytest's capture, a redirect)."""
 
+    stream_name = "stdout"
+
     def __init__(self) -> None:
-        super().__init__(sys.stdout)
+        super().__init__(getattr(sys, self.stream_name))
         self.setFormatter(logging.Formatter("%(message)s"))
 
     @property
     def stream(self):  # logging.StreamHandler writes to self.stream
-        return sys.stdout
+        return getattr(sys, self.stream_name)
 
     @stream.setter
     def stream(self, value) -> None:
@@ -66,12 +68,20 @@ def say(text: str) -> None:
     _console_logger().info(text)
 
 
+class StderrHandler(StdoutHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time."""
+
+    stream_name = "stderr"
+
+
 def configure_logging(verbose: bool) -> None:
     """The CLI's logging: records at INFO reach the run's log file; the console shows warnings
-    (everything at INFO with ``verbose``)."""
+    (everything at INFO with ``verbose``). Calling it again replaces what it set up."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    handler = logging.StreamHandler()  # stderr
+    for old in [h for h in root.handlers if isinstance(h, StderrHandler)]:
+        root.removeHandler(old)
+    handler = StderrHandler()
     handler.setLevel(logging.INFO if verbose else logging.WARNING)
     handler.setFormatter(logging.Formatter(FILE_FORMAT if verbose else "%(levelname)s: %(message)s"))
     root.addHandler(handler)
