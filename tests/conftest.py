@@ -54,6 +54,14 @@ def write_photos(folder: Path, count: int, size: tuple[int, int] = (96, 96), see
     return paths
 
 
+def training_photos(tmp_path_factory) -> dict[str, Path]:
+    """The training tests' data: 6 training photos of 64 px and 2 validation photos of 48 px."""
+    root = tmp_path_factory.mktemp("photos")
+    write_photos(root / "train", 6, (64, 64), seed=1)
+    write_photos(root / "val", 2, (48, 48), seed=2)
+    return {"train": root / "train", "val": root / "val"}
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One embedded Ray for the whole session (starting Ray costs seconds; tests share it)."""

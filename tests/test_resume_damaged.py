@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import training_photos
 from test_training import steps_per_event_file, tiny_config
 
 from srgan_dist.driver import RunError, run_training
@@ -31,12 +32,7 @@ def config(photos, storage: Path, *overrides: str):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> dict[str, Path]:
-    from conftest import write_photos
-
-    root = tmp_path_factory.mktemp("photos")
-    write_photos(root / "train", 6, (64, 64), seed=1)
-    write_photos(root / "val", 2, (48, 48), seed=2)
-    return {"train": root / "train", "val": root / "val"}
+    return training_photos(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_photos
+from conftest import training_photos
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -38,10 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("photos")
-    write_photos(root / "train", 6, (64, 64), seed=1)
-    write_photos(root / "val", 2, (48, 48), seed=2)
-    return {"train": root / "train", "val": root / "val"}
+    return training_photos(tmp_path_factory)
 
 
 def tiny_overrides(photos: dict[str, Path], storage: Path, name: str, *overrides: str) -> list[str]:
