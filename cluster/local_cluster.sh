@@ -32,6 +32,8 @@
 #                                 $SRGAN_CLUSTER_TMP/auth_token (see `env`); disabled: no
 #                                 authentication, any local user can run code in the cluster
 #   SRGAN_CLUSTER_TIMEOUT         seconds to wait for the nodes to come up (default 120)
+#   SRGAN_CLUSTER_PYTHON          interpreter that runs cluster/ray_loopback.py (default: the one in
+#                                 RAY_BIN's #! line); tests wrap it to start a node differently
 #   SRGAN_CLUSTER_KEEP_TMP        if set, `down` keeps $SRGAN_CLUSTER_TMP (logs, for debugging)
 set -euo pipefail
 
@@ -58,7 +60,7 @@ if [[ -z "$RAY_BIN" || ! -x "$RAY_BIN" ]]; then
 fi
 RAY_BIN_DIR="$(cd "$(dirname "$RAY_BIN")" && pwd)"
 # The interpreter of RAY_BIN runs cluster/ray_loopback.py (the same Ray, loopback kept as given).
-RAY_PYTHON="$(sed -n '1s/^#![[:space:]]*//p' "$RAY_BIN")"
+RAY_PYTHON="${SRGAN_CLUSTER_PYTHON:-$(sed -n '1s/^#![[:space:]]*//p' "$RAY_BIN")}"
 [[ -x "$RAY_PYTHON" ]] || RAY_PYTHON="$RAY_BIN_DIR/python"
 LOOPBACK_CLI="$REPO_DIR/cluster/ray_loopback.py"
 DASHBOARD_URL="http://127.0.0.1:${DASHBOARD_PORT}"
@@ -183,6 +185,9 @@ stop_node() {
 print_address() {
     echo "RAY_ADDRESS=$DASHBOARD_URL"
     echo "RAY_AUTH_MODE=$AUTH"
+    # For clients that join by GCS address (ray.init(address="127.0.0.1:<port>"), srgan-dist doctor):
+    # keeps 127.0.0.1 as given instead of the host IP the loopback-only nodes do not listen on.
+    echo "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
     if [[ "$AUTH" == token ]]; then
         echo "RAY_AUTH_TOKEN_PATH=$STATE_DIR/auth_token"
     fi

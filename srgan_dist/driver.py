@@ -485,6 +485,13 @@ def run_training(
     run_dir.root.mkdir(parents=True, exist_ok=True)  # for train.log; config.yaml comes once Ray is up
     with RunLog(run_dir.log_file, verbose) as run_log:
         say(f"Data: {len(train_files)} training image(s), {len(val_files)} validation image(s)")
+        say(f"Run directory: {run_dir.root}")
+        say(
+            f"TensorBoard:   tensorboard --logdir {run_dir.tensorboard_root}   "
+            f"(or: srgan-dist tensorboard {run_dir.root})"
+        )
+        if not verbose:
+            say(f"Log:           {run_dir.log_file} (Ray and every worker; -v prints it here too)")
         summary = _train_stages(
             cfg, workers_cfg, run_dir, run_log, train_files, val_files, address, test_hooks
         )
@@ -521,12 +528,6 @@ def _train_stages(
     # The run starts here: config.yaml marks the folder as holding a run (a new run with this
     # name then needs --resume), so a failure in pre-flight or while connecting must not write it.
     run_dir.config_file.write_text(to_yaml(cfg))
-    say(f"Run directory: {run_dir.root}")
-    say(
-        f"TensorBoard:   tensorboard --logdir {run_dir.tensorboard_root}   (or: srgan-dist tensorboard {run_dir.root})"
-    )
-    if not run_log.verbose:
-        say(f"Log:           {run_dir.log_file} (Ray and every worker; -v prints it here too)")
     previous_generator: Path | None = None
     for stage in cfg.train.stages:
         if finished(stage):

@@ -103,6 +103,8 @@ class LocalCluster:
             "SRGAN_CLUSTER_AUTH": auth,
             "RAY_ADDRESS": self.address,
             "RAY_AUTH_MODE": auth,
+            # what `local_cluster.sh env` prints for clients that join by GCS address
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         }
         if auth == "token":
             self.env["RAY_AUTH_TOKEN_PATH"] = f"{self.tmp}/auth_token"

@@ -145,17 +145,19 @@ def test_doctor_without_the_token_says_how_to_connect(cluster):
     assert re.search(r"^FAIL connect cluster .*fix: .*RAY_AUTH_TOKEN_PATH", result.stdout, re.MULTILINE)
 
 
-def private_storage_ray(folder: Path, storage: Path) -> Path:
-    """A ``ray`` wrapper that starts the joining node (``ray start --address ...``) in its own
-    mount namespace with a tmpfs over ``storage``: that node and the head each see their own."""
-    wrapper = folder / "ray"
+def private_storage_python(folder: Path, storage: Path) -> Path:
+    """An interpreter wrapper for local_cluster.sh (``SRGAN_CLUSTER_PYTHON``) that starts the
+    joining node (``ray_loopback.py start --address ...``) in its own mount namespace with a tmpfs
+    over ``storage``: that node and the head each see their own."""
+    python = RAY_BIN.parent / "python"
+    wrapper = folder / "python"
     wrapper.write_text(
         "#!/bin/sh\n"
         'case " $* " in *" start "*" --address "*)\n'
         f'  exec unshare -m --propagation private sh -c \'mount -t tmpfs doctor-test {storage} && exec "$0" "$@"\' '
-        f'{RAY_BIN} "$@" ;;\n'
+        f'{python} "$@" ;;\n'
         "esac\n"
-        f'exec {RAY_BIN} "$@"\n'
+        f'exec {python} "$@"\n'
     )
     wrapper.chmod(0o755)
     return wrapper
@@ -167,9 +169,9 @@ def test_doctor_fails_when_only_one_node_sees_the_storage(tmp_path):
     storage = tmp_path / "storage"
     storage.mkdir()
     (tmp_path / "bin").mkdir()
-    ray_bin = private_storage_ray(tmp_path / "bin", storage)
+    python = private_storage_python(tmp_path / "bin", storage)
     with local_cluster(
-        gcs_port=7090, dashboard_port=9065, auth="token", extra_env={"RAY_BIN": str(ray_bin)}
+        gcs_port=7090, dashboard_port=9065, auth="token", extra_env={"SRGAN_CLUSTER_PYTHON": str(python)}
     ) as split:
         result = split.cli(
             "doctor", "--address", split.gcs_address, "--storage", str(storage), "--workers", "1",
