@@ -78,7 +78,9 @@ def ray_local():
 # ---------------------------------------------------------------------------------------------
 # A real two-node Ray cluster on this machine (cluster/local_cluster.sh), driven only through its
 # scripts, the job server and the `srgan-dist` CLI: no in-process ray.init (other tests may hold
-# an embedded Ray in this process). Ports differ from the defaults so a developer's cluster is safe.
+# an embedded Ray in this process). Ports differ from the defaults so a developer's cluster is safe;
+# SRGAN_TEST_PORT_OFFSET shifts them all, so two checkouts can run the cluster tests side by side.
+PORT_OFFSET = int(os.environ.get("SRGAN_TEST_PORT_OFFSET", "0"))
 
 
 class LocalCluster:
@@ -91,6 +93,8 @@ class LocalCluster:
         auth: str = "token",
         extra_env: dict[str, str] | None = None,
     ):
+        gcs_port, dashboard_port = gcs_port + PORT_OFFSET, dashboard_port + PORT_OFFSET
+        self.gcs_port, self.dashboard_port = gcs_port, dashboard_port
         self.address = f"http://127.0.0.1:{dashboard_port}"
         self.gcs_address = f"127.0.0.1:{gcs_port}"
         self.tmp = f"/tmp/srgan-test-ray-{gcs_port}"

@@ -230,8 +230,9 @@ def test_local_cluster_listens_on_loopback_only_and_refuses_clients_without_the_
             pids |= process_tree(int(Path(cluster.tmp, f"{node}.pid").read_text()))
         listeners = listeners_of(pids)
         assert_loopback_only(listeners)
-        assert {6890, 6891, 8865} <= {x.port for x in listeners}  # GCS, Ray Client, job server
+        gcs, dashboard = cluster.gcs_port, cluster.dashboard_port
+        assert {gcs, gcs + 1, dashboard} <= {x.port for x in listeners}  # GCS, Ray Client, job server
         assert sum(x.process == "raylet" for x in listeners) >= 2  # both nodes were looked at
         assert_unreachable_from_host_address(listeners)
-        assert_gcs_refuses("127.0.0.1:6890", client_without_token(tmp_path))
+        assert_gcs_refuses(cluster.gcs_address, client_without_token(tmp_path))
         assert_job_server_refuses(cluster.address)
