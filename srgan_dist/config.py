@@ -488,11 +488,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, _yaml_load(value_text) if value_text.strip() else ""
 
 
+def _is_text_field(parts: list[str]) -> bool:
+    """True when ``parts`` names a plain string key of ``Config`` (e.g. ``run.name``)."""
+    cls: Any = Config
+    for part in parts:
+        if not dataclasses.is_dataclass(cls) or part not in {f.name for f in dataclasses.fields(cls)}:
+            return False  # an unknown key: reported, with the known ones, when the config is built
+        cls = typing.get_type_hints(cls)[part]
+    return cls is str
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``raw`` with each ``key.path=value`` set (keys are checked later)."""
+    """Return a copy of ``raw`` with each ``key.path=value`` set (keys are checked later).
+
+    A string key takes the text as written, so ``run.name=1e5`` or ``run.name=null`` is that name,
+    not a number or null.
+    """
     result = _merge({}, raw)
     for text in overrides:
         parts, value = parse_override(text)
+        written = text.partition("=")[2].strip()
+        if _is_text_field(parts) and not (written[:1] in "'\"" and written[:1] == written[-1:]):
+            value = written  # unquoted: as written (quoted text was already unquoted by YAML)
         node = result
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})

@@ -92,6 +92,19 @@ def test_overrides_set_values_and_beat_the_yaml() -> None:
     assert cfg.srresnet.batch_size == 8  # untouched YAML values survive
 
 
+def test_string_keys_take_override_text_as_written(tmp_path: Path) -> None:
+    # YAML would read these as a float, null, a bool and a float; as run names they are text.
+    for name in ("1e5", "null", "yes", "2024.10"):
+        assert load_config(None, [f"run.name={name}"]).run.name == name
+    assert load_config(None, ["run.name='quoted'"]).run.name == "quoted"
+    assert load_config(None, ["data.train=/photos/off"]).data.train == "/photos/off"
+    assert load_config(None, ["srresnet.lr=1e5"]).srresnet.lr == 1e5  # number keys still parse
+    preset = tmp_path / "p.yaml"
+    preset.write_text("run:\n  name: 1.5\n")  # in a file, YAML types stand: that is a number
+    with pytest.raises(ConfigError, match=r"run\.name: must be a string"):
+        load_config(preset)
+
+
 def test_override_without_preset_and_empty_value() -> None:
     cfg = load_config(None, ["data.val=", "scaling.num_workers=8"])
     assert cfg.data.val == ""
@@ -153,7 +166,7 @@ def test_unknown_keys_in_yaml_are_named(tmp_path: Path, text: str, key: str) -> 
         ("srresnet.lr=fast", "srresnet.lr", "number"),
         ("srresnet.lr=true", "srresnet.lr", "number"),
         ("train.compile=1", "train.compile", "true or false"),
-        ("run.name=1.5", "run.name", "string"),
+        ("run.name=[a, b]", "run.name", "ASCII letters"),
         ("model=4", "model", "mapping"),
         ("model.norm=layer", "model.norm", "one of"),
         ("data.loader=opencv", "data.loader", "one of"),
