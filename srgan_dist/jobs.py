@@ -326,16 +326,25 @@ def check_gcs_reachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) 
         )
 
 
+# Environment variables the Jobs SDK reads an address from (ray/dashboard/utils.py).
+ENV_ADDRESSES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+
+
 def client(address: str | None):
     """A ``JobSubmissionClient`` for ``address`` (see ``resolve_address``)."""
     from ray.job_submission import JobSubmissionClient
 
-    # The Jobs SDK prefers these environment variables to the address it is given.
-    used = (
-        os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or resolve_address(address)
-    )
-    check_gcs_reachable(used)
-    return JobSubmissionClient(resolve_address(address))
+    if address is None:  # the SDK's own order: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, the default
+        check_gcs_reachable(os.environ.get("RAY_API_SERVER_ADDRESS") or resolve_address(None))
+        return JobSubmissionClient(resolve_address(None))
+    # An explicit --address wins: the SDK would let either variable override it, so they are
+    # hidden while it builds the client (it reads them only there).
+    check_gcs_reachable(address)
+    saved = {name: os.environ.pop(name) for name in ENV_ADDRESSES if name in os.environ}
+    try:
+        return JobSubmissionClient(address)
+    finally:
+        os.environ.update(saved)
 
 
 def submit(request: JobRequest, address: str | None = None) -> str:

@@ -1,8 +1,9 @@
-"""The job request `srgan-dist submit` sends, built without a cluster (no Ray import)."""
+"""The job request `srgan-dist submit` sends and the job client, checked without a cluster."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shlex
 import subprocess
 import sys
@@ -122,3 +123,25 @@ def test_cli_help_and_bad_arguments_need_no_ray():
             text=True,
         )
         assert help_text.returncode == 0 and "--address" in help_text.stdout
+
+
+def test_an_explicit_address_beats_ray_address_in_the_environment(monkeypatch):
+    """The Jobs SDK lets $RAY_ADDRESS override the address it is given; --address must win."""
+    import ray.job_submission
+    from ray.dashboard.utils import get_address_for_submission_client
+
+    used = []
+
+    class RecordingClient:  # what the real client would connect to, without a server
+        def __init__(self, address):
+            used.append(get_address_for_submission_client(address))
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", RecordingClient)
+    monkeypatch.setattr(jobs, "check_gcs_reachable", lambda address: None)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:2")
+    jobs.client("http://127.0.0.1:8999")
+    assert used == ["http://127.0.0.1:8999"]
+    assert os.environ["RAY_ADDRESS"] == "http://127.0.0.1:1"  # put back afterwards
+    jobs.client(None)  # no --address: the environment decides, as Ray documents
+    assert used[-1] == "http://127.0.0.1:2"
