@@ -59,11 +59,11 @@ TARGET_SCALING = 1.8  # samples/s of 2 workers / 1 worker, at least
 WARMUP_STEPS = 5
 SAMPLE_INTERVAL_S = 0.2
 
-# The process groups of the CPU table, in its order. `process_group` sorts processes into them.
+# The process groups of the CPU table, in its order. `process_group` sorts processes into them;
+# any other Ray actor gets a row of its own ("Ray actor <class>") after these.
 WORKERS, CONTROLLER = "training workers", "Train controller"
 RAY_GROUPS = (
     CONTROLLER,
-    "Ray Train's helper actors",
     "gcs_server",
     "raylet",
     "dashboard",
@@ -74,6 +74,7 @@ RAY_GROUPS = (
     "idle Ray workers",
     "other Ray processes",
 )
+ACTOR_PREFIX = "Ray actor "
 DRIVER = "benchmark driver (Ray driver + sampler)"
 OTHERS = "everything else on the machine"
 IDLE, STEAL = "idle", "steal (hypervisor)"
@@ -140,7 +141,7 @@ def process_group(cmdline: list[str], name: str) -> str | None:
             "DashboardAgent": "dashboard agent",
             "RuntimeEnvAgent": "runtime env agent",
             "IDLE": "idle Ray workers",
-        }.get(actor, "Ray Train's helper actors")
+        }.get(actor, f"{ACTOR_PREFIX}{actor}")
     if line.startswith("ray-dashboard-"):  # the dashboard's module subprocesses
         return "dashboard"
     executable = Path(cmdline[0]).name if cmdline else name
@@ -270,8 +271,9 @@ def report(results: dict) -> str:
     runs_table = markdown_table(["data", "run", "step time", "samples/s", "vs target"], runs)
 
     ray_runs = [ray1, ray2, pinned]
-    groups = [WORKERS, *RAY_GROUPS]
-    groups = [g for g in groups if g == WORKERS or any(run["cpu"].get(g, 0) > 0 for run in ray_runs)]
+    actors = sorted({g for run in ray_runs for g in run["cpu"] if g.startswith(ACTOR_PREFIX)})
+    rays_own = [*RAY_GROUPS, *actors]
+    groups = [WORKERS, *(g for g in rays_own if any(run["cpu"].get(g, 0) > 0 for run in ray_runs))]
 
     def share(run: dict, group: str) -> float:
         return run["cpu"].get(group, 0.0)
@@ -283,7 +285,7 @@ def report(results: dict) -> str:
     cpu_rows.append(
         [
             "**all of Ray's own processes** (all above but the workers)",
-            *(f"**{percent(sum(share(run, g) for g in RAY_GROUPS))}**" for run in ray_runs),
+            *(f"**{percent(sum(share(run, g) for g in rays_own))}**" for run in ray_runs),
         ]
     )
     for group in (DRIVER, OTHERS, IDLE, STEAL):
@@ -607,19 +609,30 @@ def measure(train_dir: Path, steps: int, real_steps: int, batch_count: int, work
     from srgan_dist.config import load_config
     from srgan_dist.embedded_ray import init_embedded_ray
 
+    started = time.perf_counter()
+
+    def done(what: str) -> None:
+        print(f"[{time.perf_counter() - started:5.0f} s] {what}", file=sys.stderr, flush=True)
+
     cfg = load_config(DEMO_CONFIG, MODEL)
     model_config = dataclasses.asdict(cfg.model)
     batches = decode_batches(train_dir, batch_count)
     bare = bare_loops(model_config, batches, steps, None)[0]
+    done("bare loop")
     pair = bare_loops(model_config, batches, steps, usable_cores()[:2])
+    done("2 bare loops")
     bare_dali = bare_loops(model_config, train_dir, real_steps, None)[0]
+    done("bare loop + DALI")
     # As srgan_dist.driver.connect_ray starts Ray for launch.py: a CPU per worker + 1, at least
     # the machine's cores.
     init_embedded_ray(max(len(usable_cores()), 3), runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
     try:
         ray1 = ray_run(model_config, batches, steps, 1, False, work)
+        done("Ray Train, 1 worker")
         ray2 = ray_run(model_config, batches, steps, 2, False, work)
+        done("Ray Train, 2 workers")
         pinned = ray_run(model_config, batches, steps, 2, True, work)
+        done("Ray Train, 2 workers pinned")
     finally:
         ray.shutdown()
     memory = {
@@ -632,11 +645,11 @@ def measure(train_dir: Path, steps: int, real_steps: int, batch_count: int, work
         "ray2": ray2,
         "ray2_pinned": pinned,
     }
-    real = {
-        "bare_step_s": bare_dali["step_s"],
-        "ray1_step_s": launch_run(train_dir, work / "runs", "one", 1, real_steps),
-        "ray2_step_s": launch_run(train_dir, work / "runs", "two", 2, real_steps),
-    }
+    real = {"bare_step_s": bare_dali["step_s"]}
+    real["ray1_step_s"] = launch_run(train_dir, work / "runs", "one", 1, real_steps)
+    done("launch.py, 1 worker")
+    real["ray2_step_s"] = launch_run(train_dir, work / "runs", "two", 2, real_steps)
+    done("launch.py, 2 workers")
     return {"memory": memory, "real": real}
 
 

@@ -37,7 +37,8 @@ def ray_run(workers: int, step_s: float, cpu_per_step: list[float], cpu: dict, a
 
 def results(bench) -> dict:
     cpu = {
-        bench.WORKERS: 0.45, bench.CONTROLLER: 0.02, "raylet": 0.01, "gcs_server": 0.01,
+        bench.WORKERS: 0.45, bench.CONTROLLER: 0.02, "raylet": 0.01, "gcs_server": 0.005,
+        "Ray actor SynchronizationActor": 0.005,
         bench.DRIVER: 0.01, bench.OTHERS: 0.0, bench.IDLE: 0.5, bench.STEAL: 0.0,
     }  # fmt: skip
     return {
@@ -80,7 +81,8 @@ def test_report_cpu_table_and_projection(bench):
     text = bench.report(results(bench))
     assert "| training workers | 45.0 % | 90.0 % | 45.0 % |" in text
     assert "| Train controller | 2.0 % | 2.0 % | 2.0 % |" in text
-    # controller + raylet + gcs_server; groups no run used (dashboard agent, ...) get no row
+    # controller + raylet + gcs_server + an actor; groups no run used (dashboard agent, ...) get no row
+    assert "| Ray actor SynchronizationActor | 0.5 % | 0.5 % | 0.5 % |" in text
     assert "| **all of Ray's own processes** (all above but the workers) | **4.0 %** |" in text
     assert "dashboard agent" not in text
     assert "| idle | 50.0 % | 50.0 % | 50.0 % |" in text
@@ -122,7 +124,7 @@ def test_machine_shares_name_what_nobody_of_ours_used(bench):
         (["ray::DashboardAgent"], "dashboard agent"),
         (["ray::RuntimeEnvAgent"], "runtime env agent"),
         (["ray::IDLE"], "idle Ray workers"),
-        (["ray::PlacementGroupCleaner"], "Ray Train's helper actors"),
+        (["ray::PlacementGroupCleaner"], "Ray actor PlacementGroupCleaner"),
         (["/venv/ray/core/src/ray/raylet/raylet", "--raylet_socket_name=/tmp/x/raylet"], "raylet"),
         (["/venv/ray/core/src/ray/gcs/gcs_server", "--log_dir=/tmp/ray"], "gcs_server"),
         # a worker Ray has not renamed yet: its command line names the raylet's socket too
@@ -142,7 +144,7 @@ def test_process_group(bench, cmdline, group):
 
 def test_every_group_the_sorter_names_has_a_row(bench):
     named = {"Train controller", "training workers", "dashboard agent", "runtime env agent"}
-    named |= {"idle Ray workers", "Ray Train's helper actors", "raylet", "gcs_server", "dashboard"}
+    named |= {"idle Ray workers", "raylet", "gcs_server", "dashboard"}
     named |= {"log monitor", "autoscaler monitor"}
     assert named <= {bench.WORKERS, *bench.RAY_GROUPS}
 
