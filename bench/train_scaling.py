@@ -214,6 +214,20 @@ def one_free_core_projection(one: dict, two: dict) -> float | None:
     return ratio(two["workers"] * one_cpu, two_cpu)
 
 
+def where_the_cores_went(name: str, run: dict, cores: int) -> str:
+    """One sentence: how many of the cores a Ray run's workers got, who had the rest, and what
+    that made of the step time."""
+    cpu = run["cpu"]
+    rays_own = sum(v for g, v in cpu.items() if g not in (WORKERS, DRIVER, OTHERS, IDLE, STEAL))
+    cpu_ms = " / ".join(f"{v * 1000:.0f}" for v in run["worker_cpu_per_step_s"])
+    return (
+        f"- {name}: the workers got {cpu.get(WORKERS, 0.0) * cores:.2f} of the {cores} cores; Ray's own "
+        f"processes took {rays_own:.0%} of the machine, this driver {cpu.get(DRIVER, 0.0):.0%}, "
+        f"other jobs {cpu.get(OTHERS, 0.0):.0%}, {cpu.get(IDLE, 0.0):.0%} stayed idle. A rank needs "
+        f"{cpu_ms} ms of CPU per step and a step took {run['step_s'] * 1000:.0f} ms of wall time."
+    )
+
+
 def report(results: dict) -> str:
     """The BENCHMARKS.md section body: how it was run, then the tables, from ``results``."""
     memory, real = results["memory"], results["real"]
@@ -333,6 +347,12 @@ def report(results: dict) -> str:
         cpu_table,
         "",
         why_table,
+        "",
+        "Where the cores went in each Ray run's timed window:",
+        *(
+            where_the_cores_went(name, run, results["cores"])
+            for name, run in (("1 worker", ray1), ("2 workers", ray2), ("2 pinned", pinned))
+        ),
         "",
         f"With a free core for every worker (from the CPU time each 2-worker rank needs per step, "
         f"{', '.join(f'{v * 1000:.0f} ms' for v in ray2['worker_cpu_per_step_s'])}, against the 1-worker "
@@ -713,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
         "load_before": load_before,
         "load_after": os.getloadavg()[0],
+        "cores": len(usable_cores()),
         "took_s": time.perf_counter() - started,
     }
     (work / "results.json").write_text(json.dumps(results, indent=2))

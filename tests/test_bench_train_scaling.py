@@ -46,7 +46,7 @@ def results(bench) -> dict:
             "bare": {"step_s": 0.200},
             "bare_pair": {"step_s": [0.210, 0.220], "samples_per_s": 8 / 0.210 + 8 / 0.220},
             "ray1": ray_run(1, 0.208, [0.200], cpu),
-            "ray2": ray_run(2, 0.250, [0.210, 0.230], {**cpu, bench.WORKERS: 0.9}, 1.5),
+            "ray2": ray_run(2, 0.250, [0.210, 0.230], {**cpu, bench.WORKERS: 0.9, bench.IDLE: 0.05}, 1.5),
             "ray2_pinned": ray_run(2, 0.230, [0.205, 0.215], cpu, 1.25),
         },
         "real": {"bare_step_s": 0.250, "ray1_step_s": 0.275, "ray2_step_s": 0.400},
@@ -58,6 +58,7 @@ def results(bench) -> dict:
         "date": "d",
         "load_before": 0.1,
         "load_after": 0.5,
+        "cores": 2,
         "took_s": 230.0,
     }
 
@@ -85,9 +86,14 @@ def test_report_cpu_table_and_projection(bench):
     assert "| Ray actor SynchronizationActor | 0.5 % | 0.5 % | 0.5 % |" in text
     assert "| **all of Ray's own processes** (all above but the workers) | **4.0 %** |" in text
     assert "dashboard agent" not in text
-    assert "| idle | 50.0 % | 50.0 % | 50.0 % |" in text
+    assert "| idle | 50.0 % | 5.0 % | 50.0 % |" in text
     assert "| 2 workers | 12.5 s | 0.84 / 0.92 | 210 ms / 230 ms | 250 ms | 1.50 ms |" in text
     assert "all 123,456 gradients" in text
+    assert (
+        "- 2 workers: the workers got 1.80 of the 2 cores; Ray's own processes took 4% of the machine, "
+        "this driver 1%, other jobs 0%, 5% stayed idle. A rank needs 210 / 230 ms of CPU per step and "
+        "a step took 250 ms of wall time."
+    ) in text
     # 2 x 200 ms / the slower rank's 230 ms
     assert "weak scaling 1.74x (target >= 1.8x: MISSED)." in text
 
