@@ -703,8 +703,8 @@ def cpu_model() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=50, help="timed steps per in-memory run")
-    parser.add_argument("--real-steps", type=int, default=40, help="steps per real-data run")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps per in-memory run")
+    parser.add_argument("--real-steps", type=int, default=30, help="steps per real-data run")
     parser.add_argument("--batches", type=int, default=16, help="pre-decoded batches, cycled")
     parser.add_argument("--write", action="store_true", help="write the section into BENCHMARKS.md")
     args = parser.parse_args(argv)
