@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 # Benchmarks (not tests): each appends its table to BENCHMARKS.md with command, machine and date.
 bench: $(STAMP)
 	$(PY) bench/data_throughput.py
-	$(PY) bench/train_scaling.py
+	$(PY) bench/train_scaling.py --write
 	$(PY) bench/upscale_throughput.py
 
 lint: $(STAMP)
