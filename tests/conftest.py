@@ -224,8 +224,8 @@ class JobLog:
 
 @pytest.fixture(scope="session")
 def two_node_cluster() -> Iterator[LocalCluster]:
-    """One token-authenticated two-node cluster for every cluster test of the session (the cluster
-    and cluster-training modules): starting one takes tens of seconds. Tests that take a node
-    down bring it back."""
+    """One token-authenticated two-node cluster for every test of the session that needs a healthy
+    cluster (the cluster, cluster-training, doctor and network modules): starting one takes tens of
+    seconds. Tests that take a node down bring it back."""
     with local_cluster(gcs_port=6590, dashboard_port=8565, auth="token") as running:
         yield running

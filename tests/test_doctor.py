@@ -1,6 +1,7 @@
 """``srgan-dist doctor``: its node-side checks in this process, and the whole command against real
-two-node clusters (cluster/local_cluster.sh with token auth), one where the storage is shared and
-one where the second node sees its own private storage (a tmpfs in its own mount namespace)."""
+two-node clusters (cluster/local_cluster.sh with token auth): the session's ``two_node_cluster``,
+where the storage is shared, and one of its own whose second node sees its own private storage (a
+tmpfs in its own mount namespace)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -88,9 +88,10 @@ def test_dali_decode_and_resize_on_cpu():
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalCluster]:
-    with local_cluster(gcs_port=6990, dashboard_port=8965, auth="token") as running:
-        yield running
+def cluster(two_node_cluster) -> LocalCluster:
+    """A healthy cluster is all these tests need: the session's (starting one costs tens of
+    seconds); only the private-storage test below needs a cluster of its own."""
+    return two_node_cluster
 
 
 @pytest.mark.slow

@@ -37,7 +37,7 @@ def gpu_config(*overrides: str):
 def test_gpu_run_without_gpus_gives_up_after_the_timeout(cluster, capsys):
     started = time.monotonic()
     with pytest.raises(RunError, match=r"waiting for 1 GPU worker\(s\): the cluster has 0 GPU") as error:
-        decide_gpu(gpu_config("scaling.resource_timeout_s=3"))
+        decide_gpu(gpu_config("scaling.resource_timeout_s=1"))
     assert "Nothing was started" in str(error.value)
     assert time.monotonic() - started < 60
     out = capsys.readouterr().out
@@ -53,15 +53,18 @@ def test_gpu_run_waits_for_a_gpu_node_that_joins_later(cluster, capsys):
         target=lambda: outcome.update(use_gpu=decide_gpu(gpu_config("scaling.resource_timeout_s=120")))
     )
     waiter.start()
-    time.sleep(3)
+    out, deadline = "", time.monotonic() + 60
+    while "waiting for 1 GPU worker(s) (cluster has 0 GPU(s)" not in out and time.monotonic() < deadline:
+        out += capsys.readouterr().out
+        time.sleep(0.1)
+    assert "waiting for 1 GPU worker(s) (cluster has 0 GPU(s)" in out
+    waiter.join(timeout=2.5)  # longer than one of wait_for_gpus's 2 s polls
     assert waiter.is_alive()  # still waiting: no GPU yet
     cluster.add_node(num_cpus=1, num_gpus=1)  # Ray starts nodes from the main thread only
     waiter.join(timeout=100)
     assert outcome == {"use_gpu": True}
     assert ray.cluster_resources().get("GPU") == 1
-    out = capsys.readouterr().out
-    assert "waiting for 1 GPU worker(s) (cluster has 0 GPU(s)" in out
-    assert "1 GPU(s) available after" in out
+    assert "1 GPU(s) available after" in out + capsys.readouterr().out
 
 
 def test_auto_says_why_it_picked(cluster, capsys):

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import local_cluster
+from conftest import SCRIPT
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -222,17 +222,25 @@ def test_embedded_ray_listens_on_loopback_only_and_refuses_clients_without_the_t
             driver.kill()
 
 
-def test_local_cluster_listens_on_loopback_only_and_refuses_clients_without_the_token(tmp_path):
-    with local_cluster(gcs_port=6890, dashboard_port=8865) as cluster:
-        assert "RAY_AUTH_MODE=token" in cluster.script("env").stdout  # token auth is the default
-        pids: set[int] = set()
-        for node in ("head", "worker"):
-            pids |= process_tree(int(Path(cluster.tmp, f"{node}.pid").read_text()))
-        listeners = listeners_of(pids)
-        assert_loopback_only(listeners)
-        gcs, dashboard = cluster.gcs_port, cluster.dashboard_port
-        assert {gcs, gcs + 1, dashboard} <= {x.port for x in listeners}  # GCS, Ray Client, job server
-        assert sum(x.process == "raylet" for x in listeners) >= 2  # both nodes were looked at
-        assert_unreachable_from_host_address(listeners)
-        assert_gcs_refuses(cluster.gcs_address, client_without_token(tmp_path))
-        assert_job_server_refuses(cluster.address)
+def test_local_cluster_listens_on_loopback_only_and_refuses_clients_without_the_token(
+    two_node_cluster, tmp_path
+):
+    """The session's cluster: started with the script's default settings (token auth is the
+    default, checked here) on the tests' ports."""
+    cluster = two_node_cluster
+    default_env = {k: v for k, v in cluster.env.items() if k != "SRGAN_CLUSTER_AUTH"}
+    printed = subprocess.run(
+        [str(SCRIPT), "env"], env=default_env, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "RAY_AUTH_MODE=token" in printed.stdout  # token auth is the default
+    pids: set[int] = set()
+    for node in ("head", "worker"):
+        pids |= process_tree(int(Path(cluster.tmp, f"{node}.pid").read_text()))
+    listeners = listeners_of(pids)
+    assert_loopback_only(listeners)
+    gcs, dashboard = cluster.gcs_port, cluster.dashboard_port
+    assert {gcs, gcs + 1, dashboard} <= {x.port for x in listeners}  # GCS, Ray Client, job server
+    assert sum(x.process == "raylet" for x in listeners) >= 2  # both nodes were looked at
+    assert_unreachable_from_host_address(listeners)
+    assert_gcs_refuses(cluster.gcs_address, client_without_token(tmp_path))
+    assert_job_server_refuses(cluster.address)
