@@ -203,7 +203,7 @@ class StageConfig:
     log_interval: int = 50
     """Write training scalars and print a progress line every this many steps."""
     num_to_keep: int = 2
-    """Checkpoints Ray Train keeps for this stage."""
+    """Checkpoints kept for this stage: the newest ones; older ones are deleted as new ones come."""
 
     def check(self, prefix: str, scale: int) -> None:
         """Raise ``ConfigError`` for impossible values; ``prefix`` is ``srresnet`` or ``srgan``."""

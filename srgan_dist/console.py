@@ -113,6 +113,7 @@ class RunLog:
         self._ray_file: logging.Handler | None = None
         self._ray_handlers: list[logging.Handler] = []
         self._root_level = logging.NOTSET
+        self._awaited: tuple[str, threading.Event] | None = None
 
     def __enter__(self) -> RunLog:
         self._file = logging.FileHandler(self.path, mode="a", encoding="utf-8")
@@ -151,11 +152,21 @@ class RunLog:
             ray_printer(data)
             return
         self._write_worker_lines(data)
+        awaited = self._awaited
+        if awaited and any(awaited[0] in line for line in data.get("lines", [])):
+            awaited[1].set()
         if self.verbose:
             ray_printer(data)
         elif not data.get("is_err"):
             sys.stdout.write("".join(line + "\n" for line in data.get("lines", [])))
             sys.stdout.flush()
+
+    def expect_worker_line(self, text: str) -> threading.Event:
+        """An event set once a worker line holding ``text`` reaches the driver (from now on):
+        Ray streams worker output with a lag of up to about a second."""
+        event = threading.Event()
+        self._awaited = (text, event)
+        return event
 
     def _write_worker_lines(self, data: dict[str, Any]) -> None:
         # By path, not through the FileHandler: lines that Ray delivers after the run has ended

@@ -1,4 +1,4 @@
-"""The staged driver: one Ray Train run per stage, with an explicit weight hand-off between them.
+"""The staged driver: pre-flight, Ray, then one Ray Train run that trains every stage.
 
 ``python launch.py --config configs/demo.yaml`` (or ``srgan-dist train``) ends up in
 ``run_training``, which
@@ -6,12 +6,14 @@
 1. resolves and checks the config, the run directory and the data **before** asking Ray for
    anything (bad files, a taken run name or missing VGG weights stop it here);
 2. connects to Ray: an embedded local instance bound to 127.0.0.1, or ``--address``;
-3. for each stage not yet finished: ``TorchTrainer(train_loop_per_worker)`` with
-   ``RunConfig(name=<name>-<stage>, storage_path=<storage>/<name>)``; Ray Train resumes a stage
-   from its own latest checkpoint when the same run is started again;
-4. exports ``generator_<stage>.safetensors`` from the stage's final checkpoint and passes that
-   file to the next stage;
-5. keeps ``summary.json`` up to date after each stage.
+3. starts one ``TorchTrainer(train_loop_per_worker)`` with ``RunConfig(name=<name>,
+   storage_path=<storage>)`` (:func:`fit_stages`). Its worker group trains the stages not yet
+   finished in order; after each stage rank 0 exports ``generator_<stage>.safetensors``, which
+   the next stage starts from (explicit hand-off), and adds the stage to ``summary.json``
+   (``srgan_dist/train/loop.py``). Started again, a run resumes the stage it was in from that
+   stage's newest good checkpoint;
+4. turns what the workers left (``summary.json``, ``<stage>/error.json``,
+   ``<stage>/nonfinite.json``) or Ray's failure into the console's last lines.
 
 What it prints, and what goes to ``<run>/train.log`` instead, is ``srgan_dist/console.py``.
 
@@ -40,8 +42,8 @@ from srgan_dist.config import (
     to_yaml,
 )
 from srgan_dist.console import RunLog, say
-from srgan_dist.generator_io import GeneratorSpec, save_generator
-from srgan_dist.rundir import RunDir, generator_file_name
+from srgan_dist.rundir import RunDir
+from srgan_dist.summary import load_summary, stage_finished
 
 log = logging.getLogger(__name__)
 
@@ -253,52 +255,19 @@ def workers_setting(cfg: Config) -> int | tuple[int, int]:
     return cfg.scaling.num_workers
 
 
-def set_aside_stale_ray_snapshot(stage: str, stage_dir: Path) -> None:
-    """Let a stage resume when Ray's run snapshot lists checkpoints that are gone or damaged.
+def forget_ray_checkpoint_list(run_dir: RunDir) -> None:
+    """Remove Ray Train's list of reported checkpoints before a run starts (see ``fit_stages``).
 
-    Ray Train keeps the checkpoints it registered in ``<stage_dir>/checkpoint_manager_snapshot.json``
-    and refuses to start a run whose snapshot lists a folder that is gone, or that it cannot parse
-    (``CheckpointManager._maybe_load_state_from_storage`` / ``_assert_checkpoints_exist``). Workers
-    choose their checkpoint from the folders on disk (``StageTrainer.resume``), so that list only
-    decides what Ray prunes (``num_to_keep``) and hands back as ``Result.checkpoint``. A stale one
-    is renamed ``*.stale`` and Ray starts with an empty list; no checkpoint folder is touched (the
-    older ones are then never pruned). A damaged one is set aside too: otherwise Ray would later
-    prune it by path, deleting the good checkpoint re-written under the same name.
+    Ray Train keeps the checkpoints it registered in ``<run>/checkpoint_manager_snapshot.json``
+    and refuses to start a run whose list names a folder that is gone
+    (``CheckpointManager._assert_checkpoints_exist``). Each stage prunes its own folder, so that
+    list always names deleted folders after a while; and nothing here reads it: workers choose
+    their checkpoint from the folders on disk (``StageTrainer.resume``) and export the generator
+    themselves. No checkpoint folder is touched.
     """
     from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
-    from srgan_dist.train import checkpoint as ckpt
-
-    path = stage_dir / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
-    if not path.is_file():
-        return
-    problem, damaged = "", ""
-    try:
-        snapshot = json.loads(path.read_text())
-        listed = [entry["checkpoint_dir_name"] for entry in snapshot["checkpoint_results"]]
-        if snapshot.get("latest_checkpoint_result"):
-            listed.append(snapshot["latest_checkpoint_result"]["checkpoint_dir_name"])
-    except (ValueError, KeyError, TypeError) as error:  # half-written (Ray does not write it atomically)
-        problem = f"Ray's run snapshot is unreadable ({error!r})"
-    else:
-        gone = sorted({name for name in listed if not (stage_dir / name).is_dir()})
-        if gone:
-            problem = f"checkpoint folder(s) {', '.join(gone)} are gone"
-        for name in sorted(set(listed) - set(gone)):
-            try:
-                ckpt.verify_checkpoint(stage_dir / name)
-            except ckpt.CheckpointError:
-                damaged = name  # the worker names it when it skips it
-    if not problem and not damaged:
-        return
-    aside = path.with_name(path.name + ".stale")
-    path.replace(aside)
-    if problem:
-        say(f"Stage {stage}: {problem}; resuming from the newest good checkpoint left ({aside} kept)")
-    else:
-        log.info(
-            "stage %s: Ray's run snapshot lists damaged checkpoint %s; kept as %s", stage, damaged, aside
-        )
+    (run_dir.root / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME).unlink(missing_ok=True)
 
 
 def route_ray_output(run_log: RunLog) -> None:
@@ -346,30 +315,40 @@ def describe_failure(error: Exception) -> str:
     return "  " + last_line(str(error))
 
 
-def run_stage(
+def fit_stages(
     cfg: Config,
-    stage: str,
     run_dir: RunDir,
     train_files: list[str],
     val_files: list[str],
-    init_generator: Path | None,
     use_gpu: bool,
     test_hooks: dict[str, Any] | None = None,
-) -> Any:
-    """One Ray Train run for ``stage``; returns Ray's ``Result``."""
+) -> None:
+    """One Ray Train run, one worker group, for every stage not finished (``train/loop.py``).
+
+    Where checkpoints go: Ray Train persists a reported checkpoint to
+    ``<storage_path>/<RunConfig.name>/<checkpoint_dir_name>`` (``StorageContext``:
+    ``experiment_fs_path`` joined with the name, folders created as needed). With
+    ``storage_path=<storage>`` and ``name=<run name>`` Ray's run folder is the run directory
+    itself, and workers name each checkpoint ``<name>-<stage>/step-NNNNNNNN``, so every stage
+    keeps its own folder.
+
+    Retention: Ray's ``CheckpointManager`` has one ``num_to_keep`` per run and deletes the
+    oldest registered checkpoints across everything the run reported, so stage 2 would delete
+    stage 1's. Its pruning is therefore off (``num_to_keep=None``: Ray deletes nothing) and rank 0
+    prunes the stage's folder to ``<stage>.num_to_keep`` after each checkpoint
+    (``checkpoint.prune_checkpoints``). Ray's list then names deleted folders, which would stop a
+    later ``--resume``: :func:`forget_ray_checkpoint_list`.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     from srgan_dist.train.loop import train_loop_per_worker
 
-    stage_cfg = cfg.stage(stage)
     loop_config = {
         "config": to_dict(cfg),
-        "stage": stage,
         "run_dir": str(run_dir.root),
         "train_files": train_files,
         "val_files": val_files,
-        "init_generator": str(init_generator) if init_generator else None,
         "test_hooks": test_hooks,
     }
     trainer = TorchTrainer(
@@ -382,80 +361,47 @@ def run_stage(
             placement_strategy=cfg.scaling.placement_strategy,
         ),
         run_config=RunConfig(
-            name=run_dir.ray_run_name(stage),
-            storage_path=str(run_dir.root),
+            name=run_dir.name,
+            storage_path=str(run_dir.root.parent),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=stage_cfg.num_to_keep),
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
     )
-    set_aside_stale_ray_snapshot(stage, run_dir.checkpoints(stage))
-    error_file = run_dir.stage_error(stage)
-    error_file.unlink(missing_ok=True)
+    forget_ray_checkpoint_list(run_dir)
     try:
-        result = trainer.fit()
+        trainer.fit()
     except TrainingFailedError as error:
-        log.info("stage %s: Ray Train's error in full", stage, exc_info=True)  # the log file's copy
+        log.info("Ray Train's error in full", exc_info=True)  # the log file's copy
+        stage = first_unfinished_stage(cfg, run_dir)
         raise RunError(
             f"stage {stage} failed (train.max_failures={cfg.train.max_failures} restart(s) allowed):\n"
             + describe_failure(error)
         ) from error
+
+
+def first_unfinished_stage(cfg: Config, run_dir: RunDir) -> str | None:
+    summary = load_summary(run_dir)
+    return next((stage for stage in cfg.train.stages if not stage_finished(summary, run_dir, stage)), None)
+
+
+def check_stages_finished(cfg: Config, run_dir: RunDir) -> None:
+    """After the Ray Train run: raise ``RunError`` saying why a stage stopped, if one did."""
+    stage = first_unfinished_stage(cfg, run_dir)
+    if stage is None:
+        return
+    nonfinite, error_file = run_dir.nonfinite_marker(stage), run_dir.stage_error(stage)
     if error_file.is_file():  # see train/loop.py: errors a restart cannot fix end the attempt
         error = json.loads(error_file.read_text())
         raise RunError(f"stage {stage} cannot start: {error['message']} (not retried: it would fail again)")
-    return result
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage results
-
-
-def load_summary(run_dir: RunDir) -> dict[str, Any]:
-    path = run_dir.summary_file
-    return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
-
-
-def write_summary(run_dir: RunDir, summary: dict[str, Any]) -> None:
-    tmp = run_dir.summary_file.with_name(run_dir.summary_file.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(run_dir.summary_file)
-
-
-def export_stage_generator(
-    cfg: Config, stage: str, result: Any, run_dir: RunDir
-) -> tuple[Path, dict[str, Any]]:
-    """Write ``generator_<stage>.safetensors`` (the EMA when kept) from the stage's final checkpoint."""
-    from srgan_dist.train import checkpoint as ckpt
-    from srgan_dist.train.trainer import generator_weights_to_export
-
-    if result.checkpoint is None:
-        raise RunError(f"stage {stage} finished without a checkpoint; see the log above")
-    with result.checkpoint.as_directory() as directory:
-        try:
-            state = ckpt.load_checkpoint(Path(directory), stage)
-        except ckpt.CheckpointError as error:
-            raise RunError(f"stage {stage}: its final checkpoint is unusable: {error}") from error
-    spec = GeneratorSpec.from_model_config(cfg.model, stage=stage, step=int(state["step"]))
-    generator = spec.build()
-    generator.load_state_dict(generator_weights_to_export(state))
-    path = save_generator(generator, spec, run_dir.generator(stage))
-    return path, dict(result.metrics or {})
-
-
-def stage_summary(cfg: Config, stage: str, metrics: dict[str, Any], wall_time_s: float) -> dict[str, Any]:
-    return {
-        "completed": True,
-        "steps": int(metrics.get("step", cfg.stage(stage).iterations)),
-        "wall_time_s": round(wall_time_s, 2),
-        "train_time_s": round(float(metrics.get("train_time_s", 0.0)), 2),
-        "samples_per_s": round(float(metrics.get("samples_per_s", 0.0)), 2),
-        "workers": int(metrics.get("world_size", cfg.scaling.num_workers)),
-        "val_psnr": metrics.get("val/psnr"),
-        "val_ssim": metrics.get("val/ssim"),
-        "val_psnr_bicubic": metrics.get("val/psnr_bicubic"),
-        **({"val_psnr_raw": metrics["val/psnr_raw"]} if "val/psnr_raw" in metrics else {}),
-        "val_ssim_bicubic": metrics.get("val/ssim_bicubic"),
-        "generator": generator_file_name(stage),
-    }
+    if nonfinite.is_file():
+        info = json.loads(nonfinite.read_text())
+        raise RunError(
+            f"stage {stage}: non-finite loss at step {info['step']} ({info['skipped_steps']} step(s) "
+            f"skipped in this stage); stopped without saving that state. The last checkpoint (step "
+            f"{info['last_checkpoint_step']}) is kept. Lower {stage}.lr, or set "
+            "train.on_nonfinite=skip, then run again with --resume"
+        )
+    raise RunError(f"stage {stage} ended without finishing; see {run_dir.log_file}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,14 +456,11 @@ def _train_stages(
     test_hooks: dict[str, Any] | None,
 ) -> dict[str, Any]:
     summary = load_summary(run_dir)
-    summary["run"] = {"name": cfg.run.name, "run_dir": str(run_dir.root)}
-
-    def finished(stage: str) -> bool:
-        return bool(summary["stages"].get(stage, {}).get("completed")) and run_dir.generator(stage).is_file()
-
-    if all(finished(stage) for stage in cfg.train.stages):  # nothing left: no Ray needed
-        for stage in cfg.train.stages:
+    for stage in cfg.train.stages:
+        if stage_finished(summary, run_dir, stage):
             say(f"Stage {stage}: already finished, skipping ({run_dir.generator(stage).name})")
+    if first_unfinished_stage(cfg, run_dir) is None:  # nothing left: no Ray needed
+        summary["run"] = {"name": cfg.run.name, "run_dir": str(run_dir.root)}
         return summary
     import ray  # noqa: F401 - gives Ray's driver logger its handlers, which run_log then takes over
 
@@ -528,32 +471,16 @@ def _train_stages(
     # The run starts here: config.yaml marks the folder as holding a run (a new run with this
     # name then needs --resume), so a failure in pre-flight or while connecting must not write it.
     run_dir.config_file.write_text(to_yaml(cfg))
-    previous_generator: Path | None = None
     for stage in cfg.train.stages:
-        if finished(stage):
-            say(f"Stage {stage}: already finished, skipping ({run_dir.generator(stage).name})")
-            previous_generator = run_dir.generator(stage)
-            continue
-        say(f"Stage {stage}: {cfg.stage(stage).iterations} steps")
-        nonfinite = run_dir.nonfinite_marker(stage)
-        nonfinite.unlink(missing_ok=True)
-        started = time.perf_counter()
-        result = run_stage(
-            workers_cfg, stage, run_dir, train_files, val_files, previous_generator, use_gpu, test_hooks
-        )
-        if nonfinite.is_file():
-            info = json.loads(nonfinite.read_text())
-            raise RunError(
-                f"stage {stage}: non-finite loss at step {info['step']} ({info['skipped_steps']} step(s) "
-                f"skipped in this stage); stopped without saving that state. The last checkpoint (step "
-                f"{info['last_checkpoint_step']}) is kept. Lower {stage}.lr, or set "
-                "train.on_nonfinite=skip, then run again with --resume"
-            )
-        previous_generator, metrics = export_stage_generator(cfg, stage, result, run_dir)
-        summary["stages"][stage] = stage_summary(cfg, stage, metrics, time.perf_counter() - started)
-        write_summary(run_dir, summary)
-        say(f"Stage {stage}: done, exported {previous_generator}")
-    return summary
+        if not stage_finished(summary, run_dir, stage):
+            run_dir.nonfinite_marker(stage).unlink(missing_ok=True)
+            run_dir.stage_error(stage).unlink(missing_ok=True)
+    # Rank 0 prints each stage's lines; the last one is awaited so that it comes before the summary.
+    last_line = run_log.expect_worker_line(f"Stage {cfg.train.stages[-1]}: done, exported")
+    fit_stages(workers_cfg, run_dir, train_files, val_files, use_gpu, test_hooks)
+    check_stages_finished(cfg, run_dir)
+    last_line.wait(timeout=5)
+    return load_summary(run_dir)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -9,6 +9,9 @@ Everything a run writes, and everything that reads a finished run, names files t
       summary.json                     per stage: steps, wall time, samples/s, validation numbers
       tensorboard/<stage>/             rank 0's TensorBoard events, one sub-folder per stage
       <name>-<stage>/step-NNNNNNNN/    Ray Train's checkpoints of each stage
+      checkpoint_manager_snapshot.json Ray Train's list of reported checkpoints (not used to resume),
+      .validate_storage_marker         and its storage check: Ray's run folder is the run directory
+                                       (driver.fit_stages)
       <stage>/nonfinite.json           why a stage stopped on a non-finite loss (only then)
       <stage>/error.json               why a stage could not start (only then; see train/loop.py)
       generator_<stage>.safetensors    the stage's generator (+ generator_<stage>.json sidecar)
@@ -84,12 +87,12 @@ class RunDir:
     def generator(self, stage: str) -> Path:
         return self.root / generator_file_name(stage)
 
-    def ray_run_name(self, stage: str) -> str:
-        """Ray Train's ``RunConfig.name`` of a stage; its checkpoints live in ``root / <this>``."""
+    def checkpoints_name(self, stage: str) -> str:
+        """The folder of a stage's checkpoints, relative to ``root`` (Ray Train's run folder)."""
         return f"{self.name}-{stage}"
 
     def checkpoints(self, stage: str) -> Path:
-        return self.root / self.ray_run_name(stage)
+        return self.root / self.checkpoints_name(stage)
 
     def nonfinite_marker(self, stage: str) -> Path:
         return self.root / stage / NONFINITE_FILE

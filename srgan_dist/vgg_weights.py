@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import VGG19_Weights, vgg19
 
 from srgan_dist.models.vgg import vgg19_features
 
@@ -30,6 +29,8 @@ def load_vgg19_features(weights: str, allow_random_fallback: bool = False) -> nn
         log.warning("VGG19 uses RANDOM weights (loss.vgg_weights=random): perceptual loss is not VGG54")
         return vgg19_features()
     if weights == "imagenet":
+        from torchvision.models import VGG19_Weights  # seconds to import: only when needed
+
         try:
             return _features_from_state(VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False))
         except Exception as error:  # torchvision raises URLError/OSError/RuntimeError offline
@@ -52,6 +53,8 @@ def load_vgg19_features(weights: str, allow_random_fallback: bool = False) -> nn
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError/RuntimeError/EOFError on a bad file
         raise ValueError(f"loss.vgg_weights: {path} is not a readable torch state dict: {error}") from error
+    from torchvision.models import vgg19
+
     try:
         with torch.device("meta"):  # only to check the whole file is a vgg19 state dict
             vgg19(weights=None).load_state_dict(state, assign=True)

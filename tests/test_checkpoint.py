@@ -1,7 +1,7 @@
 """Checkpoint folders without Ray: the manifest, what it catches, and newest-good selection.
 
-Also the driver's clean-up of Ray's run snapshot when it lists checkpoints that are gone or
-damaged (plain files; no Ray instance is started).
+Also per-stage pruning, and the driver's removal of Ray's list of checkpoints (plain files; no
+Ray instance is started).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from srgan_dist.driver import set_aside_stale_ray_snapshot
+from srgan_dist.driver import forget_ray_checkpoint_list
+from srgan_dist.rundir import RunDir
 from srgan_dist.train import checkpoint as ckpt
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train 2.60's name for it
@@ -146,37 +147,34 @@ def test_no_usable_checkpoint_is_one_error_listing_each_and_deletes_nothing(tmp_
     assert sorted(p.name for p in stage_dir.iterdir()) == ["step-00000002", "step-00000004"]
 
 
-def ray_snapshot(stage_dir: Path, *names: str) -> Path:
-    """The fields of Ray 2.60's checkpoint manager snapshot that name checkpoint folders."""
-    results = [{"checkpoint_dir_name": name, "metrics": {}} for name in names]
-    path = stage_dir / SNAPSHOT
-    path.write_text(json.dumps({"checkpoint_results": results, "latest_checkpoint_result": results[-1]}))
-    return path
+def test_pruning_keeps_the_newest_of_the_stage_up_to_the_step_just_written(tmp_path):
+    stage_dir = tmp_path / "run-srresnet"
+    for step in (2, 4, 6, 8):
+        write(stage_dir, step)
+    # Step 8 is left from an attempt that got further (say, damaged and skipped on resume): the
+    # run is back at step 6, and step 8 is neither counted nor deleted.
+    deleted = ckpt.prune_checkpoints(stage_dir, keep=2, newest_step=6)
+    assert [p.name for p in deleted] == ["step-00000002"]
+    assert sorted(p.name for p in stage_dir.iterdir()) == ["step-00000004", "step-00000006", "step-00000008"]
+    assert ckpt.prune_checkpoints(stage_dir, keep=2, newest_step=6) == []
+    other_stage = tmp_path / "run-srgan"
+    write(other_stage, 2)
+    ckpt.prune_checkpoints(stage_dir, keep=1, newest_step=8)
+    assert sorted(p.name for p in stage_dir.iterdir()) == ["step-00000008"]
+    assert (other_stage / "step-00000002").is_dir()  # another stage's folder is its own
 
 
-def test_ray_snapshot_is_set_aside_only_when_it_lists_gone_or_damaged_checkpoints(tmp_path, capsys):
+def test_ray_checkpoint_list_is_forgotten_and_no_checkpoint_is_touched(tmp_path):
     from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
     assert CHECKPOINT_MANAGER_SNAPSHOT_FILENAME == SNAPSHOT
-    stage_dir = tmp_path / "run-srresnet"
-    for step in (2, 4):
-        write(stage_dir, step)
-    snapshot = ray_snapshot(stage_dir, "step-00000002", "step-00000004")
-    set_aside_stale_ray_snapshot("srresnet", stage_dir)
-    assert snapshot.is_file() and capsys.readouterr().out == ""  # all there and sound: kept
-
-    os.truncate(stage_dir / "step-00000004" / ckpt.STATE_FILE, 10)
-    set_aside_stale_ray_snapshot("srresnet", stage_dir)
-    assert not snapshot.exists() and (stage_dir / (SNAPSHOT + ".stale")).is_file()
-    assert capsys.readouterr().out == ""  # the worker names the damaged checkpoint when it skips it
-
-    shutil.rmtree(stage_dir / "step-00000004")  # what a user did by hand
-    snapshot = ray_snapshot(stage_dir, "step-00000002", "step-00000004")
-    set_aside_stale_ray_snapshot("srresnet", stage_dir)
-    out = capsys.readouterr().out.splitlines()
-    assert len(out) == 1 and "step-00000004 are gone; resuming from the newest good checkpoint" in out[0]
-    assert not snapshot.exists() and (stage_dir / "step-00000002").is_dir()
-
-    snapshot.write_text('{"checkpoint_results": [{"checkpoint_dir')  # half-written
-    set_aside_stale_ray_snapshot("srresnet", stage_dir)
-    assert not snapshot.exists() and "unreadable" in capsys.readouterr().out
+    run_dir = RunDir(tmp_path / "run")
+    write(run_dir.checkpoints("srresnet"), 2)
+    snapshot = run_dir.root / SNAPSHOT
+    snapshot.write_text(
+        json.dumps({"checkpoint_results": [{"checkpoint_dir_name": "run-srresnet/step-00000001"}]})
+    )
+    forget_ray_checkpoint_list(run_dir)
+    assert not snapshot.exists()
+    assert (run_dir.checkpoints("srresnet") / "step-00000002").is_dir()
+    forget_ray_checkpoint_list(run_dir)  # none there: nothing to do

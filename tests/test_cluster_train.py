@@ -86,9 +86,8 @@ def test_stopped_job_resumes_from_its_checkpoint_with_another_worker_count(clust
     )
     assert first.returncode == 0, first.stderr
     job_id = re.search(r"Submitted job (\S+)", first.stdout).group(1)
-    checkpoints = storage / "resume" / "resume-srresnet"
     deadline = time.monotonic() + 600
-    registered = checkpoints / "checkpoint_manager_snapshot.json"  # written once Ray registers one
+    registered = storage / "resume" / "checkpoint_manager_snapshot.json"  # once Ray registers one
     while not registered.is_file() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert registered.is_file(), cluster.logs(job_id)[-4000:]

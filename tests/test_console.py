@@ -73,6 +73,15 @@ def test_verbose_run_log_leaves_printing_to_ray_and_takes_over_no_ray_handler(tm
         ray_logger.removeHandler(console_handler)
 
 
+def test_the_driver_can_wait_for_a_worker_line_that_ray_streams_late(tmp_path):
+    with RunLog(tmp_path / "train.log", verbose=False) as run_log:
+        done = run_log.expect_worker_line("Stage srgan: done, exported")
+        run_log.worker_output(worker_lines(["Stage srresnet: done, exported /r/g.safetensors"], False), print)
+        assert not done.is_set()
+        run_log.worker_output(worker_lines(["Stage srgan: done, exported /r/g.safetensors"], False), print)
+        assert done.is_set()
+
+
 def test_failure_names_the_worker_rank_step_and_exception():
     from ray.train import WorkerGroupError
 

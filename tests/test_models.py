@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from pathlib import Path
 from urllib.error import URLError
 
 import pytest
 import torch
+import torchvision.models
 from torch import nn
 from torchvision.models import vgg19
 
-from srgan_dist import vgg_weights
 from srgan_dist.models import VGG_LAYER_NAMES, Discriminator, Generator, VGGFeatures
+from srgan_dist.models.vgg import vgg19_features
 from srgan_dist.vgg_weights import VGGWeightsUnavailable, load_vgg19_features
 
 
@@ -189,6 +192,17 @@ def test_vgg_unknown_layer(random_features: nn.Sequential) -> None:
             VGGFeatures(layer, random_features)
 
 
+def test_features_are_torchvision_vgg19_features_without_importing_torchvision() -> None:
+    with torch.device("meta"):
+        ours = {key: value.shape for key, value in vgg19_features().state_dict().items()}
+        theirs = {key: value.shape for key, value in vgg19(weights=None).features.state_dict().items()}
+    assert ours == theirs
+    # Nor does the trainer a Ray worker imports (torchvision costs seconds of every start-up).
+    code = "import sys, srgan_dist.train.trainer; print('torchvision' in sys.modules)"
+    imported = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "False"
+
+
 def test_random_weights_warn(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="srgan_dist.vgg_weights"), torch.device("meta"):
         features = load_vgg19_features("random")
@@ -203,7 +217,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_network(*args: object, **kwargs: object) -> None:
         raise URLError("simulated: no network")
 
-    monkeypatch.setattr(vgg_weights.VGG19_Weights, "get_state_dict", no_network)
+    monkeypatch.setattr(torchvision.models.VGG19_Weights, "get_state_dict", no_network)
 
 
 @pytest.mark.usefixtures("offline")
@@ -232,7 +246,7 @@ def _cheap_vgg19_state() -> dict[str, torch.Tensor]:
 
 def test_local_weights_file_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # every parameter is overwritten by load_state_dict, so skipping the random init is safe
-    monkeypatch.setattr(vgg_weights, "vgg19", _fast_vgg19)
+    monkeypatch.setattr(torchvision.models, "vgg19", _fast_vgg19)
     state = _cheap_vgg19_state()
     path = tmp_path / "vgg19.pth"
     torch.save(state, path)

@@ -154,9 +154,10 @@ def test_two_stage_run_fills_the_run_directory(photos, full_run):
         assert entry["samples_per_s"] > 0 and entry["wall_time_s"] > 0
         assert 5 < entry["val_psnr_bicubic"] < 60 and 0 < entry["val_ssim_bicubic"] <= 1
         assert entry["val_psnr"] is not None and 0 < entry["val_ssim"] <= 1
-        # Ray Train's checkpoints, one step-N folder each, the last at the final step.
+        # Ray Train's checkpoints, one step-N folder each; each stage keeps its newest
+        # num_to_keep (2), the last at the final step.
         checkpoints = sorted(p.name for p in (run_dir / f"full-{stage}").glob("step-*"))
-        assert checkpoints[-1] == f"step-{steps:08d}"
+        assert checkpoints == [f"step-{steps - 2:08d}", f"step-{steps:08d}"]
 
     # Exported generators load, and stage 2 started from stage 1's weights (lr 1e-12 barely moves them).
     _, spec = load_generator(run_dir / "generator_srresnet.safetensors")
@@ -244,26 +245,34 @@ def test_console_shows_progress_and_summary_and_the_log_file_has_the_rest(full_r
     assert "(RayTrainWorker pid=" in log and "[srgan] step 4/4" in log
 
 
-def test_a_dying_worker_resumes_from_the_latest_checkpoint(ray_local, photos, tmp_path, capsys):
+def test_a_worker_dying_in_stage_2_restarts_the_group_in_stage_2(ray_local, photos, tmp_path, capsys):
     marker = tmp_path / "died-once"
-    hooks = {"die": {"stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker)}}
+    hooks = {"die": {"stage": "srgan", "step": 5, "rank": 1, "marker": str(marker)}}
     cfg = tiny_config(
-        photos, tmp_path, "restart", "train.stages=[srresnet]", "srresnet.checkpoint_interval=3"
+        photos,
+        tmp_path,
+        "restart",
+        "srresnet.iterations=2",
+        "srgan.iterations=6",
+        "srgan.checkpoint_interval=3",
     )
     summary = run_training(cfg, test_hooks=hooks)
 
     assert marker.exists()  # the worker really died
-    assert summary["stages"]["srresnet"]["steps"] == 6
-    log_dir = tmp_path / "restart" / "tensorboard" / "srresnet"
-    attempts = steps_per_event_file(log_dir, "loss/content")
+    assert summary["stages"]["srresnet"]["steps"] == 2 and summary["stages"]["srgan"]["steps"] == 6
+    # Stage 1 was trained once: the restarted group skipped it (its generator and summary entry).
+    tensorboard = tmp_path / "restart" / "tensorboard"
+    assert steps_per_event_file(tensorboard / "srresnet", "loss/content") == [[1, 2]]
+    attempts = steps_per_event_file(tensorboard / "srgan", "loss/total")
     assert len(attempts) == 2
     assert attempts[0] == [1, 2, 3, 4]  # died during step 5, before logging it
     assert attempts[1] == [4, 5, 6]  # resumed from the step-3 checkpoint: one interval repeated at most
     # TensorBoard's purge makes the curve continuous: one value per step, no rewound stretch.
-    assert [e.step for e in scalars(log_dir).Scalars("loss/content")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in scalars(tensorboard / "srgan").Scalars("loss/total")] == [1, 2, 3, 4, 5, 6]
     # The console (in-process, quiet) says so and leaves Ray's restart chatter to the log file.
     out = capsys.readouterr().out
-    assert "[srresnet] resumed from checkpoint at step 3/6 on 2 worker(s)" in out
+    assert "[srgan] resumed from checkpoint at step 3/6 on 2 worker(s)" in out
+    assert out.count("Stage srresnet: done, exported") == 1
     assert not [noise for noise in RAY_NOISE if noise in out]
 
 

@@ -11,26 +11,29 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.models import vgg19
-from torchvision.models.vgg import cfgs, make_layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# torchvision's VGG19 (its ``cfgs["E"]``): conv3x3 channels, "M" = 2x2 max-pool. Spelled out here
+# so that importing the model does not import torchvision (seconds: it pulls in torch._dynamo);
+# tests check the layers and the state-dict keys against torchvision's ``vgg19().features``.
+VGG19_LAYOUT: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+)  # fmt: skip
 
 
 def _layer_indices() -> dict[str, int]:
-    """Map ``"ij"`` names to the index of that ReLU in ``vgg19().features``."""
+    """Map ``"ij"`` names to the index of that ReLU in ``vgg19().features`` (conv, ReLU per
+    number; one max-pool per "M")."""
     names: dict[str, int] = {}
-    block, conv = 1, 0
-    with torch.device("meta"):  # only the layout is needed: skip allocating and initialising 143M params
-        layout = vgg19(weights=None).features
-    for index, module in enumerate(layout):
-        if isinstance(module, nn.Conv2d):
+    block, conv, index = 1, 0, 0
+    for item in VGG19_LAYOUT:
+        if item == "M":
+            block, conv, index = block + 1, 0, index + 1
+        else:
             conv += 1
-        elif isinstance(module, nn.ReLU):
-            names[f"{block}{conv}"] = index
-        elif isinstance(module, nn.MaxPool2d):
-            block, conv = block + 1, 0
+            names[f"{block}{conv}"] = index + 1
+            index += 2
     return names
 
 
@@ -38,14 +41,21 @@ VGG_LAYER_NAMES: dict[str, int] = _layer_indices()
 
 
 def vgg19_features() -> nn.Sequential:
-    """``vgg19().features`` with torchvision's own conv init, without building the 100M-parameter
-    classifier that ``vgg19()`` would also allocate and initialise (seconds of CPU time)."""
-    features = make_layers(cfgs["E"], batch_norm=False)
-    for module in features:
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(module.bias)
-    return features
+    """``vgg19().features`` with torchvision's own conv init (``torchvision.models.vgg.make_layers``
+    and ``VGG._initialize_weights``), without the 100M-parameter classifier ``vgg19()`` would also
+    allocate and initialise (seconds of CPU time)."""
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for item in VGG19_LAYOUT:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        conv = nn.Conv2d(in_channels, int(item), kernel_size=3, padding=1)
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(conv.bias)
+        layers += [conv, nn.ReLU(inplace=True)]
+        in_channels = int(item)
+    return nn.Sequential(*layers)
 
 
 class VGGFeatures(nn.Module):

@@ -23,6 +23,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,23 @@ def list_checkpoints(stage_dir: Path) -> list[Path]:
         (int(m[1]), p) for p in stage_dir.iterdir() if (m := _DIR_PATTERN.fullmatch(p.name)) and p.is_dir()
     ]
     return [path for _, path in sorted(found, reverse=True)]
+
+
+def prune_checkpoints(stage_dir: Path, keep: int, newest_step: int) -> list[Path]:
+    """Delete the stage's checkpoint folders beyond the ``keep`` newest up to ``newest_step``
+    (the one just written); return what was deleted.
+
+    Folders of later steps, left by an attempt that got further (a damaged one a resume skipped),
+    are neither counted nor touched: training writes those steps again.
+    """
+    written = [
+        path
+        for path in list_checkpoints(stage_dir)
+        if int(_DIR_PATTERN.fullmatch(path.name)[1]) <= newest_step
+    ]
+    for path in written[keep:]:
+        shutil.rmtree(path)
+    return written[keep:]
 
 
 @dataclass

@@ -1,9 +1,18 @@
-"""The Ray Train entry point: ``train_loop_per_worker(loop_config)`` runs one stage on a worker.
+"""The Ray Train entry point: ``train_loop_per_worker(loop_config)`` runs every stage on a worker.
 
 This file is the distributed seam: the only training code that talks to Ray. Ray Train starts
 it on each worker with torch.distributed already initialised (NCCL on GPUs, gloo on CPUs); it
 reads rank, world size and device from Ray, and hands the trainer a ``report`` that checkpoints
-through ``ray.train.report`` (a barrier every rank calls). The trainer picks the checkpoint to
+through ``ray.train.report`` (a barrier every rank calls).
+
+One worker group trains all stages of a run, so the second stage does not pay for a new Ray
+Train controller and worker group. Per stage, in order: a ``StageTrainer`` trains it (resuming
+from its newest good checkpoint), then rank 0 writes ``generator_<stage>.safetensors`` and the
+stage's ``summary.json`` entry and prints the stage's console lines, and every rank waits for
+that before the next stage loads the generator. Stages finished before (per ``summary.json``)
+are skipped, so a restarted worker group resumes the stage it was in.
+
+The trainer picks the checkpoint to
 resume from itself (the stage's newest good ``step-*`` folder, not just the one
 ``ray.train.get_checkpoint()`` would hand over), so damaged or deleted checkpoints fall back.
 Everything else happens in :class:`srgan_dist.train.trainer.StageTrainer`.
@@ -18,8 +27,11 @@ driver raises as a one-line ``RunError``.
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +39,10 @@ import ray.train
 import ray.train.torch
 import torch
 
-from srgan_dist.config import config_from_dict
+from srgan_dist.config import Config, config_from_dict
+from srgan_dist.monitor import console_logger
 from srgan_dist.rundir import RunDir
+from srgan_dist.summary import load_summary, record_stage, stage_finished, stage_summary
 from srgan_dist.train.faults import FaultHooks
 from srgan_dist.train.trainer import StageTrainer, all_reduce_sum
 
@@ -38,9 +52,13 @@ class WorkerFailed(RuntimeError):
     Train adds the rank)."""
 
 
-def report_to_ray(metrics: dict[str, Any], checkpoint_dir: Path | None, dir_name: str) -> None:
+def report_to_ray(
+    stage_folder: str, metrics: dict[str, Any], checkpoint_dir: Path | None, dir_name: str
+) -> None:
+    """``ray.train.report``; Ray persists a checkpoint to ``<run>/<stage_folder>/<dir_name>``
+    (Ray Train's run folder is the run directory, see ``driver.fit_stages``)."""
     checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=dir_name)
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"{stage_folder}/{dir_name}")
 
 
 def stop_without_restart(
@@ -58,17 +76,66 @@ def stop_without_restart(
     return bool(failed_ranks.item() > 0)
 
 
+def first_stage_to_train(cfg: Config, run_dir: RunDir, rank: int, device: torch.device) -> int:
+    """Index in ``train.stages`` of the first stage not finished (``summary.json``), as rank 0
+    sees it: every rank starts there, even when a shared mount shows the others an older file."""
+    index = 0
+    if rank == 0:
+        summary = load_summary(run_dir)
+        stages = cfg.train.stages
+        while index < len(stages) and stage_finished(summary, run_dir, stages[index]):
+            index += 1
+    return int(all_reduce_sum(torch.tensor([float(index)]), device).item())
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Train stage ``loop_config["stage"]`` on this worker (see ``StageTrainer``)."""
+    """Train every stage of the run not finished yet, in order, on this worker.
+
+    A restarted worker group (``train.max_failures``, a lost node in an elastic run) starts
+    here again: finished stages are skipped and the interrupted one resumes from its newest
+    good checkpoint.
+    """
     context = ray.train.get_context()
     rank, device = context.get_world_rank(), ray.train.torch.get_device()
-    run_dir, stage = RunDir(Path(loop_config["run_dir"])), loop_config["stage"]
+    cfg = config_from_dict(loop_config["config"])
+    run_dir = RunDir(Path(loop_config["run_dir"]))
+    stages = cfg.train.stages
+    first = first_stage_to_train(cfg, run_dir, rank, device)
+    init_generator = str(run_dir.generator(stages[first - 1])) if first > 0 else None
+    for stage in stages[first:]:
+        if not train_stage(cfg, stage, run_dir, loop_config, init_generator, rank, device):
+            return
+        init_generator = str(run_dir.generator(stage))
+        gc.collect()  # the finished stage's models and optimizers (DDP keeps reference cycles)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def train_stage(
+    cfg: Config,
+    stage: str,
+    run_dir: RunDir,
+    loop_config: dict[str, Any],
+    init_generator: str | None,
+    rank: int,
+    device: torch.device,
+) -> bool:
+    """One stage on this worker, then (rank 0) its export and ``summary.json`` entry.
+
+    Returns False when the run stops here on every rank: a stage that cannot start (its
+    ``error.json``) or a non-finite loss (its ``nonfinite.json``); the driver says why.
+    """
+    context = ray.train.get_context()
+    started = time.perf_counter()
+    console = console_logger()
+    if rank == 0:
+        console.info(f"Stage {stage}: {cfg.stage(stage).iterations} steps")
     # Ray registers a reported checkpoint when its controller next polls the workers (~2 s).
     wait = lambda: ray.train.get_all_reported_checkpoints(timeout_s=60)  # noqa: E731
     error: ValueError | None = None
     try:
         trainer = StageTrainer(
-            config_from_dict(loop_config["config"]),
+            cfg,
             stage,
             rank=rank,
             world_size=context.get_world_size(),
@@ -76,17 +143,27 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             run_dir=run_dir,
             train_files=loop_config["train_files"],
             val_files=loop_config["val_files"],
-            report=report_to_ray,
+            report=functools.partial(report_to_ray, run_dir.checkpoints_name(stage)),
             hooks=FaultHooks(loop_config.get("test_hooks") or {}, wait),
         )
-        trainer.resume(loop_config.get("init_generator"))
+        trainer.resume(init_generator)
     except ValueError as caught:  # config, hand-off or checkpoints: a restart would meet it again
         error = caught
     if stop_without_restart(error, run_dir, stage, rank, device):
-        return
+        return False
     try:
         trainer.run()
+        if trainer.stop_info is not None:  # non-finite loss: no export, no next stage
+            return False
+        if rank == 0:
+            exported = trainer.export_generator()
+            entry = stage_summary(cfg, stage, trainer.final_metrics(), time.perf_counter() - started)
+            record_stage(run_dir, stage, entry)
+            console.info(f"Stage {stage}: done, exported {exported}")
     except Exception as error:
         raise WorkerFailed(
             f"stage {trainer.stage}, after step {trainer.step}: {type(error).__name__}: {error}"
         ) from error
+    # The next stage starts from the generator rank 0 just wrote: no rank reads it before then.
+    all_reduce_sum(torch.zeros(1), device)
+    return True

@@ -35,7 +35,7 @@ from torch import nn
 from srgan_dist.config import Config, StageConfig, to_yaml
 from srgan_dist.data import build_train_loader, build_val_set
 from srgan_dist.data.train_loader import derive_seed
-from srgan_dist.generator_io import GeneratorSpec, load_generator
+from srgan_dist.generator_io import GeneratorSpec, load_generator, save_generator
 from srgan_dist.losses import PerceptualLoss
 from srgan_dist.models import Discriminator, Generator, VGGFeatures
 from srgan_dist.monitor import make_monitor
@@ -533,21 +533,40 @@ class StageTrainer:
             with tempfile.TemporaryDirectory() as directory:
                 ckpt.save_checkpoint(Path(directory), self.state_dict(), self.stage, self.config_yaml)
                 self.report(metrics, Path(directory), name)
+            # Per-stage retention: Ray Train's own pruning (one num_to_keep per run) is off.
+            ckpt.prune_checkpoints(
+                self.run_dir.checkpoints(self.stage), self.stage_cfg.num_to_keep, self.step
+            )
         self.last_saved = self.step
+
+    def final_metrics(self) -> dict[str, Any]:
+        """The stage's totals for ``summary.json`` (also in its final checkpoint's metrics)."""
+        samples_per_s = (
+            self.step * self.stage_cfg.batch_size * self.world_size / self.train_time_s
+            if self.train_time_s > 0
+            else 0.0
+        )
+        return {
+            "step": self.step,
+            "train_time_s": self.train_time_s,
+            "samples_per_s": samples_per_s,
+            "world_size": self.world_size,
+            **self.last_val,
+        }
+
+    def export_generator(self) -> Path:
+        """Write ``generator_<stage>.safetensors`` (the EMA when kept) from the final state."""
+        spec = GeneratorSpec.from_model_config(self.cfg.model, stage=self.stage, step=self.step)
+        generator = spec.build()
+        generator.load_state_dict(generator_weights_to_export(self.state_dict()))
+        return save_generator(generator, spec, self.run_dir.generator(self.stage))
 
     def finish(self) -> None:
         """Final validation and checkpoint (unless resumed exactly at the end), then hparams."""
         if self.has_val and self.last_validated != self.step:
             self.validate()
         if self.last_saved != self.step:
-            samples_per_s = (
-                self.step * self.stage_cfg.batch_size * self.world_size / self.train_time_s
-                if self.train_time_s > 0
-                else 0.0
-            )
-            self.save_checkpoint(
-                {"samples_per_s": samples_per_s, "world_size": self.world_size, "final": True}
-            )
+            self.save_checkpoint({**self.final_metrics(), "final": True})
         if self.last_val:
             m, s = self.cfg.model, self.stage_cfg
             hparams = {

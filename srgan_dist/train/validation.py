@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from torchvision.utils import make_grid
 
 from srgan_dist.data.resize import bicubic_upscale
 from srgan_dist.data.scoring import Scores, score_y
@@ -66,5 +65,9 @@ class Validator:
             images = [bicubic_upscale(to_uint8(lr), self.scale), upscale(lr), to_uint8(hr)]
             tiles += [to_tensor(image)[0] for image in images]
         generator.train(was_training)
-        grid = make_grid(tiles, nrow=3, padding=4, pad_value=1.0) if tiles else None
+        grid = None
+        if tiles:
+            from torchvision.utils import make_grid  # importing torchvision takes seconds: only here
+
+            grid = make_grid(tiles, nrow=3, padding=4, pad_value=1.0)
         return sums, grid
