@@ -42,6 +42,7 @@ from srgan_dist.config import (
 from srgan_dist.console import RunLog, say
 from srgan_dist.generator_io import GeneratorSpec, save_generator
 from srgan_dist.rundir import RunDir, generator_file_name
+from srgan_dist.storage import is_folder, is_uri, local_copy
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,6 @@ class RunError(RuntimeError):
 
 
 def run_dir_of(cfg: Config) -> RunDir:
-    if "://" in cfg.run.storage:
-        raise ConfigError(
-            f"run.storage: {cfg.run.storage!r} is a URI; srgan-dist writes TensorBoard logs, generators and "
-            "summary.json into the run directory, so it needs a filesystem path (local, or a shared mount "
-            "such as NFS on multi-node clusters)"
-        )
     return RunDir.of(cfg.run.storage, cfg.run.name)
 
 
@@ -168,7 +163,7 @@ def check_ray_address(address: str, source: str) -> None:
     """Refuse, in one line and within seconds, an address training cannot join (pre-flight)."""
     from srgan_dist.jobs import gcs_unreachable
 
-    if "://" in address and not address.startswith("ray://"):
+    if is_uri(address) and not address.startswith("ray://"):
         raise RunError(
             f"{source}={address} is a URL: that is the job server, which `srgan-dist submit` takes. "
             "Training joins a cluster by its GCS address (host:6379, or 'auto' inside a cluster job); "
@@ -253,7 +248,7 @@ def workers_setting(cfg: Config) -> int | tuple[int, int]:
     return cfg.scaling.num_workers
 
 
-def set_aside_stale_ray_snapshot(stage: str, stage_dir: Path) -> None:
+def set_aside_stale_ray_snapshot(stage: str, run_dir: RunDir) -> None:
     """Let a stage resume when Ray's run snapshot lists checkpoints that are gone or damaged.
 
     Ray Train keeps the checkpoints it registered in ``<stage_dir>/checkpoint_manager_snapshot.json``
@@ -263,14 +258,16 @@ def set_aside_stale_ray_snapshot(stage: str, stage_dir: Path) -> None:
     decides what Ray prunes (``num_to_keep``) and hands back as ``Result.checkpoint``. A stale one
     is renamed ``*.stale`` and Ray starts with an empty list; no checkpoint folder is touched (the
     older ones are then never pruned). A damaged one is set aside too: otherwise Ray would later
-    prune it by path, deleting the good checkpoint re-written under the same name.
+    prune it by path, deleting the good checkpoint re-written under the same name. In cloud
+    storage the same checks run on the URI (each listed checkpoint is downloaded to verify it).
     """
     from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
     from srgan_dist.train import checkpoint as ckpt
 
+    stage_dir = run_dir.checkpoints(stage)
     path = stage_dir / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
-    if not path.is_file():
+    if not run_dir.pull(path):
         return
     problem, damaged = "", ""
     try:
@@ -281,18 +278,19 @@ def set_aside_stale_ray_snapshot(stage: str, stage_dir: Path) -> None:
     except (ValueError, KeyError, TypeError) as error:  # half-written (Ray does not write it atomically)
         problem = f"Ray's run snapshot is unreadable ({error!r})"
     else:
-        gone = sorted({name for name in listed if not (stage_dir / name).is_dir()})
+        gone = sorted({name for name in listed if not is_folder(run_dir.location_of(stage_dir / name))})
         if gone:
             problem = f"checkpoint folder(s) {', '.join(gone)} are gone"
         for name in sorted(set(listed) - set(gone)):
             try:
-                ckpt.verify_checkpoint(stage_dir / name)
+                with local_copy(run_dir.location_of(stage_dir / name)) as directory:
+                    ckpt.verify_checkpoint(directory)
             except ckpt.CheckpointError:
                 damaged = name  # the worker names it when it skips it
     if not problem and not damaged:
         return
     aside = path.with_name(path.name + ".stale")
-    path.replace(aside)
+    run_dir.rename(path, aside)
     if problem:
         say(f"Stage {stage}: {problem}; resuming from the newest good checkpoint left ({aside} kept)")
     else:
@@ -366,10 +364,10 @@ def run_stage(
     loop_config = {
         "config": to_dict(cfg),
         "stage": stage,
-        "run_dir": str(run_dir.root),
+        "run_dir": run_dir.location,
         "train_files": train_files,
         "val_files": val_files,
-        "init_generator": str(init_generator) if init_generator else None,
+        "init_generator": str(run_dir.location_of(init_generator)) if init_generator else None,
         "test_hooks": test_hooks,
     }
     trainer = TorchTrainer(
@@ -383,14 +381,14 @@ def run_stage(
         ),
         run_config=RunConfig(
             name=run_dir.ray_run_name(stage),
-            storage_path=str(run_dir.root),
+            storage_path=run_dir.location,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=stage_cfg.num_to_keep),
         ),
     )
-    set_aside_stale_ray_snapshot(stage, run_dir.checkpoints(stage))
+    set_aside_stale_ray_snapshot(stage, run_dir)
     error_file = run_dir.stage_error(stage)
-    error_file.unlink(missing_ok=True)
+    run_dir.remove(error_file)
     try:
         result = trainer.fit()
     except TrainingFailedError as error:
@@ -399,7 +397,7 @@ def run_stage(
             f"stage {stage} failed (train.max_failures={cfg.train.max_failures} restart(s) allowed):\n"
             + describe_failure(error)
         ) from error
-    if error_file.is_file():  # see train/loop.py: errors a restart cannot fix end the attempt
+    if run_dir.pull(error_file):  # see train/loop.py: errors a restart cannot fix end the attempt
         error = json.loads(error_file.read_text())
         raise RunError(f"stage {stage} cannot start: {error['message']} (not retried: it would fail again)")
     return result
@@ -418,6 +416,7 @@ def write_summary(run_dir: RunDir, summary: dict[str, Any]) -> None:
     tmp = run_dir.summary_file.with_name(run_dir.summary_file.name + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(run_dir.summary_file)
+    run_dir.push(run_dir.summary_file)
 
 
 def export_stage_generator(
@@ -438,6 +437,7 @@ def export_stage_generator(
     generator = spec.build()
     generator.load_state_dict(generator_weights_to_export(state))
     path = save_generator(generator, spec, run_dir.generator(stage))
+    run_dir.push_generator(stage)
     return path, dict(result.metrics or {})
 
 
@@ -478,24 +478,31 @@ def run_training(
     cfg = resolve_paths(cfg)
     run_dir = run_dir_of(cfg)
     run_dir.check_location()
+    run_dir.pull_run_files()
     check_run_directory(cfg, run_dir, resume)
     train_files, val_files = scan_data(cfg, run_dir)
     workers_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vgg_weights=check_vgg(cfg)))
 
     run_dir.root.mkdir(parents=True, exist_ok=True)  # for train.log; config.yaml comes once Ray is up
-    with RunLog(run_dir.log_file, verbose) as run_log:
-        say(f"Data: {len(train_files)} training image(s), {len(val_files)} validation image(s)")
-        say(f"Run directory: {run_dir.root}")
-        say(
-            f"TensorBoard:   tensorboard --logdir {run_dir.tensorboard_root}   "
-            f"(or: srgan-dist tensorboard {run_dir.root})"
-        )
-        if not verbose:
-            say(f"Log:           {run_dir.log_file} (Ray and every worker; -v prints it here too)")
-        summary = _train_stages(
-            cfg, workers_cfg, run_dir, run_log, train_files, val_files, address, test_hooks
-        )
-        print_summary(summary)
+    try:
+        with RunLog(run_dir.log_file, verbose) as run_log:
+            say(f"Data: {len(train_files)} training image(s), {len(val_files)} validation image(s)")
+            say(f"Run directory: {run_dir.location}")
+            if run_dir.uri:
+                say(f"TensorBoard:   srgan-dist tensorboard {run_dir.uri}   (events upload at each log step)")
+            else:
+                say(
+                    f"TensorBoard:   tensorboard --logdir {run_dir.tensorboard_root}   "
+                    f"(or: srgan-dist tensorboard {run_dir.root})"
+                )
+            if not verbose:
+                say(f"Log:           {run_dir.log_file} (Ray and every worker; -v prints it here too)")
+            summary = _train_stages(
+                cfg, workers_cfg, run_dir, run_log, train_files, val_files, address, test_hooks
+            )
+            print_summary(summary)
+    finally:
+        run_dir.push(run_dir.log_file)
     return summary
 
 
@@ -510,7 +517,7 @@ def _train_stages(
     test_hooks: dict[str, Any] | None,
 ) -> dict[str, Any]:
     summary = load_summary(run_dir)
-    summary["run"] = {"name": cfg.run.name, "run_dir": str(run_dir.root)}
+    summary["run"] = {"name": cfg.run.name, "run_dir": run_dir.location}
 
     def finished(stage: str) -> bool:
         return bool(summary["stages"].get(stage, {}).get("completed")) and run_dir.generator(stage).is_file()
@@ -528,6 +535,7 @@ def _train_stages(
     # The run starts here: config.yaml marks the folder as holding a run (a new run with this
     # name then needs --resume), so a failure in pre-flight or while connecting must not write it.
     run_dir.config_file.write_text(to_yaml(cfg))
+    run_dir.push(run_dir.config_file)
     previous_generator: Path | None = None
     for stage in cfg.train.stages:
         if finished(stage):
@@ -536,12 +544,12 @@ def _train_stages(
             continue
         say(f"Stage {stage}: {cfg.stage(stage).iterations} steps")
         nonfinite = run_dir.nonfinite_marker(stage)
-        nonfinite.unlink(missing_ok=True)
+        run_dir.remove(nonfinite)
         started = time.perf_counter()
         result = run_stage(
             workers_cfg, stage, run_dir, train_files, val_files, previous_generator, use_gpu, test_hooks
         )
-        if nonfinite.is_file():
+        if run_dir.pull(nonfinite):
             info = json.loads(nonfinite.read_text())
             raise RunError(
                 f"stage {stage}: non-finite loss at step {info['step']} ({info['skipped_steps']} step(s) "

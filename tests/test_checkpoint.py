@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from srgan_dist.driver import set_aside_stale_ray_snapshot
+from srgan_dist.rundir import RunDir
 from srgan_dist.train import checkpoint as ckpt
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train 2.60's name for it
@@ -125,7 +126,7 @@ def test_newest_good_skips_damaged_and_foreign_folders(tmp_path):
     (stage_dir / SNAPSHOT).write_text("{}")
 
     point = ckpt.load_newest_good(stage_dir, "srresnet")
-    assert point is not None and point.directory.name == "step-00000004" and point.state["step"] == 4
+    assert point is not None and point.name == "step-00000004" and point.state["step"] == 4
     assert [str(e).split(":")[0] for e in point.damaged] == [
         str(stage_dir / "step-00000008" / ckpt.MANIFEST_FILE),
         str(stage_dir / "step-00000006" / ckpt.STATE_FILE),
@@ -158,25 +159,27 @@ def test_ray_snapshot_is_set_aside_only_when_it_lists_gone_or_damaged_checkpoint
     from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
     assert CHECKPOINT_MANAGER_SNAPSHOT_FILENAME == SNAPSHOT
-    stage_dir = tmp_path / "run-srresnet"
+    run_dir = RunDir(tmp_path / "run")
+    stage_dir = run_dir.checkpoints("srresnet")
+    stage_dir.mkdir(parents=True)
     for step in (2, 4):
         write(stage_dir, step)
     snapshot = ray_snapshot(stage_dir, "step-00000002", "step-00000004")
-    set_aside_stale_ray_snapshot("srresnet", stage_dir)
+    set_aside_stale_ray_snapshot("srresnet", run_dir)
     assert snapshot.is_file() and capsys.readouterr().out == ""  # all there and sound: kept
 
     os.truncate(stage_dir / "step-00000004" / ckpt.STATE_FILE, 10)
-    set_aside_stale_ray_snapshot("srresnet", stage_dir)
+    set_aside_stale_ray_snapshot("srresnet", run_dir)
     assert not snapshot.exists() and (stage_dir / (SNAPSHOT + ".stale")).is_file()
     assert capsys.readouterr().out == ""  # the worker names the damaged checkpoint when it skips it
 
     shutil.rmtree(stage_dir / "step-00000004")  # what a user did by hand
     snapshot = ray_snapshot(stage_dir, "step-00000002", "step-00000004")
-    set_aside_stale_ray_snapshot("srresnet", stage_dir)
+    set_aside_stale_ray_snapshot("srresnet", run_dir)
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and "step-00000004 are gone; resuming from the newest good checkpoint" in out[0]
     assert not snapshot.exists() and (stage_dir / "step-00000002").is_dir()
 
     snapshot.write_text('{"checkpoint_results": [{"checkpoint_dir')  # half-written
-    set_aside_stale_ray_snapshot("srresnet", stage_dir)
+    set_aside_stale_ray_snapshot("srresnet", run_dir)
     assert not snapshot.exists() and "unreadable" in capsys.readouterr().out

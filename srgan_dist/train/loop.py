@@ -53,6 +53,7 @@ def stop_without_restart(
         partial = marker.with_name(f"{marker.name}.rank{rank}")
         partial.write_text(json.dumps({"stage": stage, "rank": rank, "message": str(error)}) + "\n")
         os.replace(partial, marker)
+        run_dir.push(marker)
     # Agreed by all ranks, so none goes on into DDP set-up waiting for one that stopped.
     failed_ranks = all_reduce_sum(torch.tensor([float(error is not None)]), device)
     return bool(failed_ranks.item() > 0)
@@ -62,7 +63,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Train stage ``loop_config["stage"]`` on this worker (see ``StageTrainer``)."""
     context = ray.train.get_context()
     rank, device = context.get_world_rank(), ray.train.torch.get_device()
-    run_dir, stage = RunDir(Path(loop_config["run_dir"])), loop_config["stage"]
+    run_dir, stage = RunDir.at(loop_config["run_dir"]), loop_config["stage"]
     # Ray registers a reported checkpoint when its controller next polls the workers (~2 s).
     wait = lambda: ray.train.get_all_reported_checkpoints(timeout_s=60)  # noqa: E731
     error: ValueError | None = None

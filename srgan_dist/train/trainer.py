@@ -246,11 +246,12 @@ class StageTrainer:
 
         Raises ``CheckpointError`` when the stage has checkpoints but none verifies and loads.
         """
-        point = ckpt.load_newest_good(self.run_dir.checkpoints(self.stage), self.stage)
+        point = ckpt.load_newest_good(
+            self.run_dir.location_of(self.run_dir.checkpoints(self.stage)), self.stage
+        )
         if point is not None and point.damaged:
-            self.damaged_note = (
-                f"skipped damaged checkpoint(s), resuming from {point.directory.name}: "
-                + "; ".join(map(str, point.damaged))
+            self.damaged_note = f"skipped damaged checkpoint(s), resuming from {point.name}: " + "; ".join(
+                map(str, point.damaged)
             )
         self._start(point.state if point is not None else None, init_generator)
 
@@ -338,8 +339,14 @@ class StageTrainer:
         )
         self.has_val = bool(self.val_files)
 
+        log_dir = self.run_dir.tensorboard(self.stage)
         self.monitor = make_monitor(
-            self.rank, self.run_dir.tensorboard(self.stage), self.stage, stage_cfg.iterations, self.step
+            self.rank,
+            log_dir,
+            self.stage,
+            stage_cfg.iterations,
+            self.step,
+            on_flush=lambda: self.run_dir.push(log_dir),
         )
         where = f"on {self.world_size} worker(s)"
         if self.damaged_note:
@@ -451,6 +458,7 @@ class StageTrainer:
             marker = self.run_dir.nonfinite_marker(self.stage)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(self.stop_info, indent=2) + "\n")
+            self.run_dir.push(marker)
         self.monitor.message(
             f"stopping: non-finite loss at step {self.stop_info['step']}; no checkpoint written from it"
         )

@@ -1,0 +1,218 @@
+"""Runs in cloud storage, against a real S3-compatible server on 127.0.0.1 (moto's server, in this
+process, over HTTP; pyarrow talks to it as to any S3 endpoint).
+
+One two-stage run (``python launch.py``, its own embedded Ray, 2 workers) writes to
+``s3://runs/...`` with the endpoint from ``AWS_ENDPOINT_URL``; the tests that only read it share
+it. The fault tests run in-process on the session's Ray and name the endpoint in the URI
+(``?endpoint_override=...&scheme=http``), since the session's Ray workers do not see environment
+variables set after they started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs
+import pytest
+import yaml
+from conftest import training_photos
+from test_training import ROOT, scalars, tiny_config, tiny_overrides
+
+from srgan_dist import cli, storage
+from srgan_dist.commands.tensorboard import download_events
+from srgan_dist.driver import RunError, run_training
+
+pytestmark = pytest.mark.slow
+BUCKET = "runs"
+# What the shared run's environment holds as its secret: it must never reach a file of the run.
+SECRET = "not-a-real-secret-5d1f0c"
+
+
+@dataclass
+class S3Server:
+    """moto's S3 server on 127.0.0.1 (its objects live in this process, so a restart keeps them)."""
+
+    host: str
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def uri(self, path: str, bucket: str = BUCKET) -> str:
+        """``s3://<bucket>/<path>`` on this server, the endpoint in the URI (no environment needed)."""
+        return f"s3://{bucket}/{path}?endpoint_override={self.endpoint}&scheme=http"
+
+    def filesystem(self) -> pyarrow.fs.S3FileSystem:
+        return pyarrow.fs.S3FileSystem(
+            endpoint_override=self.endpoint,
+            scheme="http",
+            access_key="test",
+            secret_key="test",
+            allow_bucket_creation=True,
+        )
+
+    def keys(self, prefix: str) -> set[str]:
+        """Every object under ``<bucket>/<prefix>``, relative to it."""
+        selector = pyarrow.fs.FileSelector(f"{BUCKET}/{prefix}", recursive=True)
+        return {
+            info.path.removeprefix(f"{BUCKET}/{prefix}/")
+            for info in self.filesystem().get_file_info(selector)
+            if info.type == pyarrow.fs.FileType.File
+        }
+
+    def read(self, key: str) -> bytes:
+        with self.filesystem().open_input_stream(f"{BUCKET}/{key}") as stream:
+            return stream.read()
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    running = S3Server(host, port)
+    running.filesystem().create_dir(BUCKET)  # a bucket (moto allows creating it)
+    yield running
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    return training_photos(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch) -> Path:
+    """Each test's working copies in a fresh cache: whatever it reads comes from the server."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def cloud_run(s3_server, photos, tmp_path_factory) -> dict:
+    """``python launch.py`` with both stages on 2 workers, storage ``s3://runs/shared`` and the
+    endpoint and credentials in the environment, as a user on AWS or MinIO sets them."""
+    storage_uri = f"s3://{BUCKET}/shared"
+    overrides = tiny_overrides(photos, Path("unused"), "full", "srgan.lr=1e-12")
+    overrides = [o for o in overrides if not o.startswith("run.storage=")] + [f"run.storage={storage_uri}"]
+    ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        "RAY_TMPDIR": ray_tmp,
+        "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("launch-cache")),
+        "AWS_ENDPOINT_URL": f"http://{s3_server.endpoint}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    command = [sys.executable, "launch.py", "--config", "configs/demo.yaml", *overrides]
+    try:
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return {"uri": f"{storage_uri}/full", "prefix": "shared/full", "stdout": result.stdout, "env": env}
+
+
+@pytest.fixture
+def endpoint_env(s3_server, monkeypatch) -> None:
+    """This process reaches the server as the shared run did: through the environment."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{s3_server.endpoint}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def test_a_two_stage_run_writes_its_whole_run_directory_to_the_bucket(s3_server, cloud_run):
+    keys = s3_server.keys(cloud_run["prefix"])
+    for key in (
+        "config.yaml",
+        "summary.json",
+        "train.log",
+        "generator_srresnet.safetensors",
+        "generator_srresnet.json",
+        "generator_srgan.safetensors",
+        "generator_srgan.json",
+    ):
+        assert key in keys, key
+    for stage, steps in (("srresnet", 6), ("srgan", 4)):
+        assert any(key.startswith(f"tensorboard/{stage}/events.out.tfevents.") for key in keys), stage
+        assert f"full-{stage}/step-{steps:08d}/manifest.json" in keys  # Ray Train's checkpoints
+        assert f"full-{stage}/step-{steps:08d}/state.pt" in keys
+    assert not any(key.endswith((".tmp", ".part", storage.WRITE_CHECK_FILE)) for key in keys), keys
+
+    summary = json.loads(s3_server.read(f"{cloud_run['prefix']}/summary.json"))
+    assert summary["run"] == {"name": "full", "run_dir": cloud_run["uri"]}
+    assert summary["stages"]["srgan"]["steps"] == 4 and summary["stages"]["srgan"]["workers"] == 2
+    saved = yaml.safe_load(s3_server.read(f"{cloud_run['prefix']}/config.yaml"))
+    assert saved["run"]["storage"] == "s3://runs/shared"
+    # The console names the URI; the credentials are nowhere in what the run wrote.
+    assert f"Run directory: {cloud_run['uri']}" in cloud_run["stdout"].splitlines()
+    assert f"TensorBoard:   srgan-dist tensorboard {cloud_run['uri']}" in cloud_run["stdout"]
+    for key in ("config.yaml", "summary.json", "train.log", "generator_srgan.json"):
+        assert SECRET.encode() not in s3_server.read(f"{cloud_run['prefix']}/{key}"), key
+    assert "[srgan] step 4/4" in s3_server.read(f"{cloud_run['prefix']}/train.log").decode()
+
+
+def test_upscale_evaluate_and_export_read_the_weights_from_the_uri(
+    cloud_run, photos, tmp_path, endpoint_env, own_cache, capsys
+):
+    out = tmp_path / "upscaled"
+    assert (
+        cli.main(
+            ["upscale", "--weights", cloud_run["uri"], "--input", str(photos["val"]), "--output", str(out)]
+        )
+        == 0
+    )
+    assert len(list(out.glob("*.png"))) == 2
+    report = tmp_path / "eval.json"
+    generator_uri = f"{cloud_run['uri']}/generator_srresnet.safetensors"
+    assert (
+        cli.main(["evaluate", "--weights", generator_uri, "--hr", str(photos["val"]), "--json", str(report)])
+        == 0
+    )
+    assert len(json.loads(report.read_text())["images"]) == 2
+    exported = tmp_path / "g.safetensors"
+    code = cli.main(
+        ["export", "--weights", cloud_run["uri"], "--format", "safetensors", "--output", str(exported)]
+    )
+    assert code == 0 and exported.is_file(), capsys.readouterr()
+    # What was read is this machine's working copy of the run, fetched from the bucket.
+    assert (
+        own_cache / "srgan-dist" / "runs" / "s3" / BUCKET / "shared" / "full" / "generator_srgan.safetensors"
+    ).is_file()
+    # A run directory that is not there is a one-line error naming it.
+    capsys.readouterr()
+    assert cli.main(["export", "--weights", f"s3://{BUCKET}/nothing/here", "--format", "safetensors"]) == 2
+    assert f"--weights s3://{BUCKET}/nothing/here: no such file or run directory" in capsys.readouterr().err
+
+
+def test_tensorboard_events_are_readable_from_the_uri(cloud_run, endpoint_env):
+    run_dir = download_events(cloud_run["uri"])
+    events = scalars(run_dir / "tensorboard" / "srresnet")
+    assert [e.step for e in events.Scalars("loss/content")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in events.Scalars("val/psnr")] == [3, 6]
+    assert len(scalars(run_dir / "tensorboard" / "srgan").Scalars("loss/adversarial")) == 4
+
+
+def test_a_driver_rerun_reads_the_run_from_the_bucket(cloud_run, photos, endpoint_env, capsys):
+    cfg = tiny_config(photos, Path("unused"), "full", "srgan.lr=1e-12", "run.storage=s3://runs/shared")
+    # With --resume: both stages are finished there, so nothing is trained (and no Ray started).
+    summary = run_training(cfg, resume=True)
+    assert summary["stages"]["srgan"]["steps"] == 4
+    assert "Stage srgan: already finished, skipping (generator_srgan.safetensors)" in capsys.readouterr().out
+    # Without --resume: the bucket already holds this run (this machine's cache is empty).
+    with pytest.raises(RunError, match=r"already holds a run\. Pass --resume"):
+        run_training(cfg)
