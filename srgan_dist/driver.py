@@ -42,7 +42,7 @@ from srgan_dist.config import (
 from srgan_dist.console import RunLog, say
 from srgan_dist.generator_io import GeneratorSpec, save_generator
 from srgan_dist.rundir import RunDir, generator_file_name
-from srgan_dist.storage import is_folder, is_uri, local_copy
+from srgan_dist.storage import StorageError, is_folder, is_uri, local_copy
 
 log = logging.getLogger(__name__)
 
@@ -502,8 +502,17 @@ def run_training(
             )
             print_summary(summary)
     finally:
-        run_dir.push(run_dir.log_file)
+        upload_log(run_dir)
     return summary
+
+
+def upload_log(run_dir: RunDir) -> None:
+    """Upload ``train.log`` to a run in cloud storage; if that fails too (the storage is what
+    failed), say so without hiding the error that ended the run."""
+    try:
+        run_dir.push(run_dir.log_file)
+    except StorageError as error:
+        say(f"train.log stays at {run_dir.log_file}: {error}")
 
 
 def _train_stages(

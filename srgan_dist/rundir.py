@@ -27,6 +27,7 @@ does the transfers.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,14 @@ class RunDir:
             path.replace(new_path)
         if self.uri is not None:
             storage.move(str(self.location_of(path)), str(self.location_of(new_path)))
+
+    def fresh_folder(self, path: Path) -> Path:
+        """``path``, emptied first for a run in cloud storage: what an earlier run or attempt left
+        in this machine's working copy is in the bucket already (or belongs to no run any more),
+        and everything in the folder gets uploaded."""
+        if self.uri is not None and path.is_dir():
+            shutil.rmtree(path)
+        return path
 
     def pull_run_files(self) -> None:
         """Make the working copy's config, summary and generators those of the run in cloud

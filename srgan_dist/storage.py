@@ -28,6 +28,14 @@ SCHEMES = ("s3", "gs")
 # Query parameters pyarrow accepts that carry secrets: refused (they would be written to disk).
 CREDENTIAL_PARAMETERS = ("access_key", "secret_key", "session_token", "access_token")
 WRITE_CHECK_FILE = ".srgan-dist-write-check"
+# What to check, for the errors a user meets first (pyarrow's AWS error names).
+HINTS = (
+    (
+        "ACCESS_DENIED",
+        "check the credentials in the environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
+    ),
+    ("NETWORK_CONNECTION", "is the storage endpoint up? AWS_ENDPOINT_URL or ?endpoint_override= names it"),
+)
 
 
 class StorageError(OSError):
@@ -95,7 +103,10 @@ def _operation(what: str, uri: str) -> Iterator[None]:
         if isinstance(error, StorageError):
             raise
         detail = " ".join(str(error).split())
-        raise StorageError(f"{what} {uri} failed: {detail}") from error
+        hints = [hint for marker, hint in HINTS if marker in detail]
+        raise StorageError(
+            f"{what} {uri} failed: {detail}" + "".join(f" ({hint})" for hint in hints[:1])
+        ) from error
 
 
 def open_uri(uri: str):  # -> tuple[pyarrow.fs.FileSystem, str]
@@ -162,8 +173,9 @@ def download(uri: str, local: Path) -> bool:
     if info.type == pyarrow.fs.FileType.NotFound:
         return False
     fs, path = open_uri(uri)
-    local.parent.mkdir(parents=True, exist_ok=True)
-    target = local if info.type == pyarrow.fs.FileType.Directory else local.with_name(local.name + ".part")
+    is_folder = info.type == pyarrow.fs.FileType.Directory
+    (local if is_folder else local.parent).mkdir(parents=True, exist_ok=True)  # copy_files does not
+    target = local if is_folder else local.with_name(local.name + ".part")
     with _operation(f"downloading to {local} from", uri):
         pyarrow.fs.copy_files(path, str(target), fs, pyarrow.fs.LocalFileSystem())
     if target != local:

@@ -10,12 +10,15 @@ variables set after they started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +27,13 @@ import pyarrow.fs
 import pytest
 import yaml
 from conftest import training_photos
-from test_training import ROOT, scalars, tiny_config, tiny_overrides
+from test_training import ROOT, scalars, steps_per_event_file, tiny_config, tiny_overrides
 
 from srgan_dist import cli, storage
 from srgan_dist.commands.tensorboard import download_events
+from srgan_dist.config import ConfigError
 from srgan_dist.driver import RunError, run_training
+from srgan_dist.storage import StorageError
 
 pytestmark = pytest.mark.slow
 BUCKET = "runs"
@@ -62,12 +67,27 @@ class S3Server:
 
     def keys(self, prefix: str) -> set[str]:
         """Every object under ``<bucket>/<prefix>``, relative to it."""
-        selector = pyarrow.fs.FileSelector(f"{BUCKET}/{prefix}", recursive=True)
+        selector = pyarrow.fs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True)
         return {
             info.path.removeprefix(f"{BUCKET}/{prefix}/")
             for info in self.filesystem().get_file_info(selector)
             if info.type == pyarrow.fs.FileType.File
         }
+
+    @contextlib.contextmanager
+    def authentication(self) -> Iterator[None]:
+        """Check every request's credentials against the server's IAM users (none: all fail)."""
+
+        def set_free_requests(count: str) -> None:
+            url = f"http://{self.endpoint}/moto-api/reset-auth"
+            headers = {"Content-Type": "text/plain"}  # moto reads the raw body
+            urllib.request.urlopen(urllib.request.Request(url, count.encode(), headers, method="POST")).read()
+
+        set_free_requests("0")
+        try:
+            yield
+        finally:
+            set_free_requests("inf")
 
     def read(self, key: str) -> bytes:
         with self.filesystem().open_input_stream(f"{BUCKET}/{key}") as stream:
@@ -216,3 +236,103 @@ def test_a_driver_rerun_reads_the_run_from_the_bucket(cloud_run, photos, endpoin
     # Without --resume: the bucket already holds this run (this machine's cache is empty).
     with pytest.raises(RunError, match=r"already holds a run\. Pass --resume"):
         run_training(cfg)
+
+
+# run_training with test hooks, in a process of its own (its own embedded Ray, whose workers get
+# this process's environment: the session's Ray started before the credentials were set).
+DRIVER = """
+import json, sys
+from srgan_dist.config import load_config
+from srgan_dist.driver import run_training
+summary = run_training(load_config("configs/demo.yaml", json.loads(sys.argv[1])), test_hooks=json.loads(sys.argv[2]))
+print("STAGES " + json.dumps(summary["stages"]))
+"""
+
+
+def run_driver(
+    s3_server: S3Server, overrides: list[str], hooks: dict, cache: Path
+) -> subprocess.CompletedProcess:
+    ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        "RAY_TMPDIR": ray_tmp,
+        "XDG_CACHE_HOME": str(cache),
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    command = [sys.executable, "-c", DRIVER, json.dumps(overrides), json.dumps(hooks)]
+    try:
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_dying_worker_resumes_from_the_checkpoint_in_the_bucket(
+    s3_server, photos, tmp_path, endpoint_env, capsys
+):
+    marker = tmp_path / "died-once"
+    hooks = {"die": {"stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker)}}
+    storage_uri = s3_server.uri("faults")  # the endpoint in the URI this time
+    overrides = tiny_overrides(
+        photos, tmp_path, "restart", "train.stages=[srresnet]", "srresnet.checkpoint_interval=3",
+        f"run.storage={storage_uri}",
+    )  # fmt: skip
+    result = run_driver(s3_server, overrides, hooks, tmp_path / "driver-cache")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+    assert marker.exists()  # the worker really died
+    assert "[srresnet] resumed from checkpoint at step 3/6 on 2 worker(s)" in result.stdout
+    keys = s3_server.keys("faults/restart")
+    assert {
+        "restart-srresnet/step-00000003/manifest.json",
+        "restart-srresnet/step-00000006/manifest.json",
+    } <= keys
+    # Both attempts' TensorBoard events are in the bucket, each uploaded up to its last log step.
+    run_dir = download_events(storage.join(storage_uri, "restart"))
+    attempts = sorted(steps_per_event_file(run_dir / "tensorboard" / "srresnet", "loss/content"))
+    assert attempts == [[1, 2, 3, 4], [4, 5, 6]]
+
+    # A driver re-run with --resume, on a machine that has no copy of the run, finds the stage
+    # finished in the bucket.
+    cfg = tiny_config(photos, tmp_path, "restart", "train.stages=[srresnet]", f"run.storage={storage_uri}")
+    assert run_training(cfg, resume=True)["stages"]["srresnet"]["steps"] == 6
+    assert "Stage srresnet: already finished" in capsys.readouterr().out
+
+
+def test_bad_storage_stops_the_run_before_any_worker_starts(s3_server, photos, tmp_path, monkeypatch):
+    def config(storage_uri: str):
+        return tiny_config(photos, tmp_path, "bad", f"run.storage={storage_uri}")
+
+    missing_bucket = s3_server.uri("runs", bucket="no-such-bucket")
+    with pytest.raises(
+        StorageError,
+        match=r"checking the bucket of s3://no-such-bucket/runs/bad\?.* bucket 'no-such-bucket' does not exist",
+    ):
+        run_training(config(missing_bucket))
+
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    server_down = f"s3://{BUCKET}/runs?endpoint_override=127.0.0.1:{closed_port}&scheme=http"
+    with pytest.raises(
+        StorageError, match=r"checking the bucket of s3://runs/runs/bad\?.* failed: .*connect"
+    ):
+        run_training(config(server_down))
+
+    # Wrong credentials: the server checks them (moto's IAM authentication, switched on here).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with (
+        s3_server.authentication(),
+        pytest.raises(
+            StorageError,
+            match=r"s3://runs/creds/bad\?.* failed: .*ACCESS_DENIED.*\(check the credentials in the environment",
+        ),
+    ):
+        run_training(config(s3_server.uri("creds")))
+    assert not s3_server.keys("creds")  # nothing was written
+
+    # Credentials in the URI would be written into config.yaml: refused, naming the key.
+    with pytest.raises(ConfigError, match=r"run.storage: the URI carries credentials \(secret_key\)"):
+        config(s3_server.uri("runs") + "&secret_key=abc")

@@ -340,6 +340,8 @@ class StageTrainer:
         self.has_val = bool(self.val_files)
 
         log_dir = self.run_dir.tensorboard(self.stage)
+        if self.rank == 0:
+            self.run_dir.fresh_folder(log_dir)
         self.monitor = make_monitor(
             self.rank,
             log_dir,
