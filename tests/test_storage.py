@@ -31,7 +31,7 @@ from test_training import ROOT, scalars, steps_per_event_file, tiny_config, tiny
 
 from srgan_dist import cli, storage
 from srgan_dist.commands.tensorboard import download_events
-from srgan_dist.config import ConfigError
+from srgan_dist.config import ConfigError, to_dict
 from srgan_dist.driver import RunError, run_training
 from srgan_dist.storage import StorageError
 
@@ -336,3 +336,37 @@ def test_bad_storage_stops_the_run_before_any_worker_starts(s3_server, photos, t
     # Credentials in the URI would be written into config.yaml: refused, naming the key.
     with pytest.raises(ConfigError, match=r"run.storage: the URI carries credentials \(secret_key\)"):
         config(s3_server.uri("runs") + "&secret_key=abc")
+
+
+def test_a_job_on_the_two_node_cluster_trains_into_the_bucket(two_node_cluster, s3_server, photos, tmp_path):
+    """``srgan-dist submit --storage s3://...``: the job's driver and its workers on both nodes
+    reach the bucket with the credentials the job is given (a real cluster's nodes have their own)."""
+    cfg = tiny_config(photos, tmp_path, "job", "train.stages=[srresnet]", "scaling.placement_strategy=SPREAD")
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    storage_uri = f"s3://{BUCKET}/cluster"
+    env = [
+        f"AWS_ENDPOINT_URL=http://{s3_server.endpoint}",
+        "AWS_ACCESS_KEY_ID=test",
+        "AWS_SECRET_ACCESS_KEY=test",
+    ]
+    result = two_node_cluster.cli(
+        "submit", "--config", str(config), "--name", "job", "--storage", storage_uri, "--workers", "2",
+        *(f"--env={pair}" for pair in env), "--env=AWS_DEFAULT_REGION=us-east-1", "--wait",
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert f"run dir:      {storage_uri}/job" in result.stdout
+    assert "[srresnet] step 6/6 (100%)" in result.stdout
+    keys = s3_server.keys("cluster/job")
+    for key in (
+        "config.yaml",
+        "summary.json",
+        "train.log",
+        "generator_srresnet.safetensors",
+        "job-srresnet/step-00000006/manifest.json",
+    ):
+        assert key in keys, key
+    assert any(key.startswith("tensorboard/srresnet/events.out.tfevents.") for key in keys)
+    summary = json.loads(s3_server.read("cluster/job/summary.json"))
+    assert summary["stages"]["srresnet"]["workers"] == 2
