@@ -28,6 +28,7 @@ SCHEMES = ("s3", "gs")
 # Query parameters pyarrow accepts that carry secrets: refused (they would be written to disk).
 CREDENTIAL_PARAMETERS = ("access_key", "secret_key", "session_token", "access_token")
 WRITE_CHECK_FILE = ".srgan-dist-write-check"
+COPY_CHUNK_BYTES = 64 * 2**20  # Ray Train's for checkpoints; each read of an S3 file is one request
 # What to check, for the errors a user meets first (pyarrow's AWS error names).
 HINTS = (
     (
@@ -159,7 +160,11 @@ def upload(local: Path, uri: str) -> None:
 
     fs, path = open_uri(uri)
     with _operation(f"uploading {local} to", uri):
-        pyarrow.fs.copy_files(str(local), path, pyarrow.fs.LocalFileSystem(), fs)
+        # As Ray Train copies checkpoints: threaded uploads to S3 are unsafe in pyarrow
+        # (apache/arrow#32372), and each read is one ranged GET, so read in large chunks.
+        pyarrow.fs.copy_files(
+            str(local), path, pyarrow.fs.LocalFileSystem(), fs, chunk_size=COPY_CHUNK_BYTES, use_threads=False
+        )
 
 
 def download(uri: str, local: Path) -> bool:
@@ -177,7 +182,9 @@ def download(uri: str, local: Path) -> bool:
     (local if is_folder else local.parent).mkdir(parents=True, exist_ok=True)  # copy_files does not
     target = local if is_folder else local.with_name(local.name + ".part")
     with _operation(f"downloading to {local} from", uri):
-        pyarrow.fs.copy_files(path, str(target), fs, pyarrow.fs.LocalFileSystem())
+        pyarrow.fs.copy_files(
+            path, str(target), fs, pyarrow.fs.LocalFileSystem(), chunk_size=COPY_CHUNK_BYTES
+        )
     if target != local:
         target.replace(local)
     return True
