@@ -405,7 +405,7 @@ def stop(job_id: str, address: str | None = None) -> bool:
 
 def run_log_location(run_dir: str) -> str:
     """Where a training job's full log is: ``<run dir>/train.log`` (the job log is its console)."""
-    return f"{run_dir.rstrip('/')}/{LOG_FILE}"
+    return join_run_location(run_dir, LOG_FILE)
 
 
 def format_info(info) -> str:

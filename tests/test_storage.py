@@ -29,7 +29,7 @@ import yaml
 from conftest import training_photos
 from test_training import ROOT, scalars, steps_per_event_file, tiny_config, tiny_overrides
 
-from srgan_dist import cli, storage
+from srgan_dist import cli, jobs, storage
 from srgan_dist.commands.tensorboard import download_events
 from srgan_dist.config import ConfigError, to_dict
 from srgan_dist.driver import RunError, run_training
@@ -39,6 +39,27 @@ pytestmark = pytest.mark.slow
 BUCKET = "runs"
 # What the shared run's environment holds as its secret: it must never reach a file of the run.
 SECRET = "not-a-real-secret-5d1f0c"
+
+
+def test_uris_are_checked_and_joined_before_the_query():
+    uri = "s3://runs/prefix?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert (
+        storage.join(uri, "demo", "train.log")
+        == "s3://runs/prefix/demo/train.log?endpoint_override=127.0.0.1:9000&scheme=http"
+    )
+    assert storage.parent(storage.join(uri, "demo")) == uri
+    assert storage.name_of(storage.join(uri, "demo")) == "demo"
+    assert jobs.run_log_location(storage.join(uri, "demo")) == storage.join(uri, "demo", "train.log")
+    assert jobs.check_storage(uri) == uri
+    for bad, message in (
+        ("ftp://host/runs", "run.storage: 'ftp://host/runs' is a ftp:// URI"),
+        ("s3:///runs", "names no bucket"),
+        ("s3://runs/x?access_key=AKIA&secret_key=abc", r"carries credentials \(access_key, secret_key\)"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            tiny_config({"train": Path("/t"), "val": Path("/v")}, Path("/unused"), "x", f"run.storage={bad}")
+    with pytest.raises(jobs.JobError, match=r"--storage: the URI carries credentials \(session_token\)"):
+        jobs.check_storage("s3://runs/x?session_token=abc")
 
 
 @dataclass
