@@ -13,15 +13,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs
 import pytest
@@ -34,6 +37,7 @@ from srgan_dist.commands.tensorboard import download_events
 from srgan_dist.config import ConfigError, to_dict
 from srgan_dist.driver import RunError, run_training
 from srgan_dist.storage import StorageError
+from srgan_dist.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 BUCKET = "runs"
@@ -68,6 +72,19 @@ class S3Server:
 
     host: str
     port: int
+    server: Any
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The server stopped (its objects kept), then started again on the same port."""
+        from moto.server import ThreadedMotoServer
+
+        self.server.stop()
+        try:
+            yield
+        finally:
+            self.server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+            self.server.start()
 
     @property
     def endpoint(self) -> str:
@@ -122,10 +139,10 @@ def s3_server() -> Iterator[S3Server]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    running = S3Server(host, port)
+    running = S3Server(host, port, server)
     running.filesystem().create_dir(BUCKET)  # a bucket (moto allows creating it)
     yield running
-    server.stop()
+    running.server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -270,10 +287,7 @@ print("STAGES " + json.dumps(summary["stages"]))
 """
 
 
-def run_driver(
-    s3_server: S3Server, overrides: list[str], hooks: dict, cache: Path
-) -> subprocess.CompletedProcess:
-    ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
+def driver_process(overrides: list[str], hooks: dict, cache: Path, ray_tmp: str) -> subprocess.Popen:
     env = {
         **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         "RAY_TMPDIR": ray_tmp,
@@ -283,8 +297,18 @@ def run_driver(
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     command = [sys.executable, "-c", DRIVER, json.dumps(overrides), json.dumps(hooks)]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def run_driver(overrides: list[str], hooks: dict, cache: Path) -> tuple[int, str, str]:
+    """Run the driver to its end: exit code, stdout, stderr."""
+    ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
     try:
-        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        process = driver_process(overrides, hooks, cache, ray_tmp)
+        stdout, stderr = process.communicate(timeout=900)
+        return process.returncode, stdout, stderr
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
@@ -299,11 +323,11 @@ def test_a_dying_worker_resumes_from_the_checkpoint_in_the_bucket(
         photos, tmp_path, "restart", "train.stages=[srresnet]", "srresnet.checkpoint_interval=3",
         f"run.storage={storage_uri}",
     )  # fmt: skip
-    result = run_driver(s3_server, overrides, hooks, tmp_path / "driver-cache")
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    code, stdout, stderr = run_driver(overrides, hooks, tmp_path / "driver-cache")
+    assert code == 0, stdout[-4000:] + stderr[-4000:]
 
     assert marker.exists()  # the worker really died
-    assert "[srresnet] resumed from checkpoint at step 3/6 on 2 worker(s)" in result.stdout
+    assert "[srresnet] resumed from checkpoint at step 3/6 on 2 worker(s)" in stdout
     keys = s3_server.keys("faults/restart")
     assert {
         "restart-srresnet/step-00000003/manifest.json",
@@ -319,6 +343,42 @@ def test_a_dying_worker_resumes_from_the_checkpoint_in_the_bucket(
     cfg = tiny_config(photos, tmp_path, "restart", "train.stages=[srresnet]", f"run.storage={storage_uri}")
     assert run_training(cfg, resume=True)["stages"]["srresnet"]["steps"] == 6
     assert "Stage srresnet: already finished" in capsys.readouterr().out
+
+
+def test_storage_going_down_mid_run_stops_the_stage_and_keeps_the_last_checkpoint(
+    s3_server, photos, tmp_path
+):
+    storage_uri = s3_server.uri("outage")
+    overrides = tiny_overrides(
+        photos, tmp_path, "outage", "train.stages=[srresnet]", "train.max_failures=0",
+        "srresnet.iterations=400", "srresnet.checkpoint_interval=2", "srresnet.val_interval=1000",
+        f"run.storage={storage_uri}",
+    )  # fmt: skip
+    ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
+    process = driver_process(overrides, {}, tmp_path / "driver-cache", ray_tmp)
+    try:
+        deadline = time.monotonic() + 600
+        while "outage-srresnet/step-00000004/manifest.json" not in s3_server.keys("outage/outage"):
+            assert process.poll() is None and time.monotonic() < deadline, "no checkpoint in the bucket"
+            time.sleep(0.2)
+        with s3_server.down():
+            stdout, stderr = process.communicate(timeout=600)
+    finally:
+        process.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    # One clear stop: the stage, the worker, and which upload to which URI failed, and why.
+    assert process.returncode == 1, stdout[-3000:] + stderr[-3000:]
+    assert "RunError: stage srresnet failed (train.max_failures=0 restart(s) allowed)" in stderr
+    failed = re.search(
+        r"worker rank 0: stage srresnet, after step \d+: .*s3://runs/outage/outage/.* failed", stderr
+    )
+    assert failed, stderr[-3000:]
+    assert "is the storage endpoint up?" in stderr
+    # The newest complete checkpoint in the bucket verifies and loads (a half-uploaded newer one
+    # has no manifest, or files that disagree with it, and is skipped).
+    point = ckpt.load_newest_good(storage.join(storage_uri, "outage", "outage-srresnet"), "srresnet")
+    assert point is not None and point.state["step"] >= 4
 
 
 def test_bad_storage_stops_the_run_before_any_worker_starts(s3_server, photos, tmp_path, monkeypatch):
