@@ -332,8 +332,12 @@ def describe_failure(error: Exception) -> str:
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         if not lines:
             return "(no message)"
-        # A worker's own exception arrives as its traceback text; Ray's errors start with the point.
-        line = lines[-1] if "Traceback (most recent call last)" in text else lines[0]
+        # A worker's own exception arrives as its traceback text; Ray's errors start with the
+        # point, and one ending in ':' has the cause on the next line (a controller error's).
+        if "Traceback (most recent call last)" in text:
+            line = lines[-1]
+        else:
+            line = " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
         return line.removeprefix(f"{WorkerFailed.__module__}.{WorkerFailed.__name__}: ")
 
     if isinstance(error, WorkerGroupError) and error.worker_failures:

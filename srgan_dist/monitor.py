@@ -76,7 +76,12 @@ class Monitor(NullMonitor):
     """
 
     def __init__(
-        self, log_dir: Path, stage: str, total_steps: int, start_step: int, on_flush: Callable[[], None]
+        self,
+        log_dir: Path,
+        stage: str,
+        total_steps: int,
+        start_step: int,
+        on_flush: Callable[[], None] = lambda: None,
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported on rank 0 only
 
