@@ -35,7 +35,8 @@ from test_training import ROOT, scalars, steps_per_event_file, tiny_config, tiny
 from srgan_dist import cli, jobs, storage
 from srgan_dist.commands.tensorboard import download_events
 from srgan_dist.config import ConfigError, to_dict
-from srgan_dist.driver import RunError, run_training
+from srgan_dist.driver import RunError, run_training, set_aside_stale_ray_snapshot
+from srgan_dist.rundir import RunDir
 from srgan_dist.storage import StorageError
 from srgan_dist.train import checkpoint as ckpt
 
@@ -343,6 +344,17 @@ def test_a_dying_worker_resumes_from_the_checkpoint_in_the_bucket(
     cfg = tiny_config(photos, tmp_path, "restart", "train.stages=[srresnet]", f"run.storage={storage_uri}")
     assert run_training(cfg, resume=True)["stages"]["srresnet"]["steps"] == 6
     assert "Stage srresnet: already finished" in capsys.readouterr().out
+
+    # Ray's run snapshot in the bucket is checked like one on disk: kept while every checkpoint it
+    # lists is there and sound, set aside (renamed *.stale in the bucket) once one is damaged.
+    run_dir = RunDir.at(storage.join(storage_uri, "restart"))
+    set_aside_stale_ray_snapshot("srresnet", run_dir)
+    assert "restart-srresnet/checkpoint_manager_snapshot.json" in s3_server.keys("faults/restart")
+    s3_server.filesystem().delete_file(f"{BUCKET}/faults/restart/restart-srresnet/step-00000006/state.pt")
+    set_aside_stale_ray_snapshot("srresnet", run_dir)
+    keys = s3_server.keys("faults/restart")
+    assert "restart-srresnet/checkpoint_manager_snapshot.json" not in keys
+    assert "restart-srresnet/checkpoint_manager_snapshot.json.stale" in keys
 
 
 def test_storage_going_down_mid_run_stops_the_stage_and_keeps_the_last_checkpoint(
