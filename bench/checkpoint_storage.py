@@ -162,11 +162,12 @@ def main() -> None:
         date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         body = (
             f"`{command.strip()}` ({date}; {os.cpu_count()}-core CPU machine, no GPU; load average "
-            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} while it ran, shared with other work, so "
-            f"times are inflated; median of {args.repeats})\n\n"
+            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at its end, its own work included, on a "
+            f"machine shared with other jobs; median of {args.repeats})\n\n"
             "A real srgan-stage `StageTrainer` checkpoint of `configs/div2k_x4.yaml` (G 16 blocks, D "
             "64 channels, both Adam states, the generator EMA). The S3 server is moto's on 127.0.0.1 "
-            "(another process): protocol and client cost, not a network's throughput.\n\n" + table
+            "(another process, in Python): protocol, client and server cost on one machine, not a "
+            "network's or a cloud provider's throughput.\n\n" + table
         )
         write_section("Checkpoint storage: local disk vs S3", body)
 
