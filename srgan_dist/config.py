@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import yaml
 
+from srgan_dist.storage import check_uri, is_uri
+
 StageName = Literal["srresnet", "srgan"]
 STAGE_NAMES: tuple[StageName, ...] = ("srresnet", "srgan")
 
@@ -305,8 +307,10 @@ class RunConfig:
     name: str = "srgan"
     """Run name: the folder ``<storage>/<name>/``. Re-using it with ``--resume`` continues the run."""
     storage: str = "runs"
-    """Storage root: a local or shared (NFS) path, or a URI Ray Train supports. Relative paths are
-    made absolute against the directory ``launch.py`` was started from."""
+    """Storage root: a local or shared (NFS) path, or an ``s3://`` / ``gs://`` URI (pyarrow's syntax,
+    e.g. ``s3://bucket/runs?endpoint_override=host:9000&scheme=http``; credentials come from the
+    environment). Relative paths are made absolute against the directory ``launch.py`` was
+    started from."""
 
     def __post_init__(self) -> None:
         _require(
@@ -316,6 +320,11 @@ class RunConfig:
             "starting with a letter or digit",
         )
         _require(self.storage.strip() != "", "run.storage", "must not be empty")
+        if is_uri(self.storage):
+            try:
+                check_uri(self.storage, "run.storage")
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
 
 
 # A run name is a folder name, part of Ray Train's run name ``<name>-<stage>`` and of its metric
@@ -561,7 +570,7 @@ def resolve_paths(cfg: Config, base: Path | None = None) -> Config:
     base = base or Path.cwd()
 
     def absolute(value: str) -> str:
-        if not value or "://" in value:
+        if not value or is_uri(value):
             return value
         return str((base / Path(value).expanduser()).resolve())
 

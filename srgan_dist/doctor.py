@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
 from srgan_dist.config import Config
+from srgan_dist.storage import StorageError, check_writable, is_uri, join
 
 Status = Literal["PASS", "WARN", "FAIL"]
 Outcome = tuple[Status, str, str]  # status, reason, fix: what a node-side check returns
@@ -424,10 +425,18 @@ class Doctor:
 
     def check_storage(self, probes: dict[Node, Any]) -> None:
         """Each node writes its own probe file; then each node reads every other node's."""
-        if "://" in self.storage:
-            self.say(
-                "WARN", "storage", "cluster", f"{self.storage} is a URI: doctor checks filesystem paths only"
-            )
+        if is_uri(self.storage):
+            try:
+                check_writable(self.storage)
+            except (ValueError, StorageError) as error:
+                self.say("FAIL", "storage", "this machine", str(error))
+            else:
+                self.say(
+                    "PASS",
+                    "storage",
+                    "this machine",
+                    f"{self.storage}: bucket found, test file written and deleted",
+                )
             return
         fix = f"create {self.storage} on every node, writable by the user Ray runs as, or pass another --storage"
         paths = {node: f"{self.probe_dir}/{node.node_id[:16]}.probe" for node in probes}
@@ -516,7 +525,7 @@ class Doctor:
                 "FAIL", "all-reduce", "cluster", "not run: the workers do not fit (see the workers line)"
             )
             return
-        storage_path = self.probe_dir if "://" not in self.storage else f"{self.storage}/{DOCTOR_DIR}"
+        storage_path = join(self.storage, DOCTOR_DIR) if is_uri(self.storage) else self.probe_dir
         trainer = TorchTrainer(
             all_reduce_loop,
             scaling_config=ScalingConfig(
@@ -564,7 +573,7 @@ class Doctor:
 
     def clean_up(self, probes: dict[Node, Any]) -> None:
         """Remove the probe directory on each node in turn (unshared storage has one per node)."""
-        if "://" in self.storage:
+        if is_uri(self.storage):
             return
         for node, probe in probes.items():
             _, error = self.gather({node: probe.remove_tree.remote(self.probe_dir)})[node]

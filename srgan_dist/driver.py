@@ -43,6 +43,7 @@ from srgan_dist.config import (
 )
 from srgan_dist.console import RunLog, say
 from srgan_dist.rundir import RunDir
+from srgan_dist.storage import StorageError, is_uri
 from srgan_dist.summary import load_summary, stage_finished
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,6 @@ class RunError(RuntimeError):
 
 
 def run_dir_of(cfg: Config) -> RunDir:
-    if "://" in cfg.run.storage:
-        raise ConfigError(
-            f"run.storage: {cfg.run.storage!r} is a URI; srgan-dist writes TensorBoard logs, generators and "
-            "summary.json into the run directory, so it needs a filesystem path (local, or a shared mount "
-            "such as NFS on multi-node clusters)"
-        )
     return RunDir.of(cfg.run.storage, cfg.run.name)
 
 
@@ -170,7 +165,7 @@ def check_ray_address(address: str, source: str) -> None:
     """Refuse, in one line and within seconds, an address training cannot join (pre-flight)."""
     from srgan_dist.jobs import gcs_unreachable
 
-    if "://" in address and not address.startswith("ray://"):
+    if is_uri(address) and not address.startswith("ray://"):
         raise RunError(
             f"{source}={address} is a URL: that is the job server, which `srgan-dist submit` takes. "
             "Training joins a cluster by its GCS address (host:6379, or 'auto' inside a cluster job); "
@@ -267,7 +262,7 @@ def forget_ray_checkpoint_list(run_dir: RunDir) -> None:
     """
     from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
-    (run_dir.root / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME).unlink(missing_ok=True)
+    run_dir.remove(run_dir.root / CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
 
 
 def route_ray_output(run_log: RunLog) -> None:
@@ -303,8 +298,12 @@ def describe_failure(error: Exception) -> str:
         lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
         if not lines:
             return "(no message)"
-        # A worker's own exception arrives as its traceback text; Ray's errors start with the point.
-        line = lines[-1] if "Traceback (most recent call last)" in text else lines[0]
+        # A worker's own exception arrives as its traceback text; Ray's errors start with the
+        # point, and one ending in ':' has the cause on the next line (a controller error's).
+        if "Traceback (most recent call last)" in text:
+            line = lines[-1]
+        else:
+            line = " ".join(lines[:2]) if lines[0].endswith(":") and len(lines) > 1 else lines[0]
         return line.removeprefix(f"{WorkerFailed.__module__}.{WorkerFailed.__name__}: ")
 
     if isinstance(error, WorkerGroupError) and error.worker_failures:
@@ -346,7 +345,7 @@ def fit_stages(
 
     loop_config = {
         "config": to_dict(cfg),
-        "run_dir": str(run_dir.root),
+        "run_dir": run_dir.location,
         "train_files": train_files,
         "val_files": val_files,
         "test_hooks": test_hooks,
@@ -362,7 +361,7 @@ def fit_stages(
         ),
         run_config=RunConfig(
             name=run_dir.name,
-            storage_path=str(run_dir.root.parent),
+            storage_path=run_dir.storage_location,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
@@ -386,14 +385,15 @@ def first_unfinished_stage(cfg: Config, run_dir: RunDir) -> str | None:
 
 def check_stages_finished(cfg: Config, run_dir: RunDir) -> None:
     """After the Ray Train run: raise ``RunError`` saying why a stage stopped, if one did."""
+    run_dir.pull_run_files()  # what rank 0 wrote, for a run in cloud storage
     stage = first_unfinished_stage(cfg, run_dir)
     if stage is None:
         return
     nonfinite, error_file = run_dir.nonfinite_marker(stage), run_dir.stage_error(stage)
-    if error_file.is_file():  # see train/loop.py: errors a restart cannot fix end the attempt
+    if run_dir.pull(error_file):  # see train/loop.py: errors a restart cannot fix end the attempt
         error = json.loads(error_file.read_text())
         raise RunError(f"stage {stage} cannot start: {error['message']} (not retried: it would fail again)")
-    if nonfinite.is_file():
+    if run_dir.pull(nonfinite):
         info = json.loads(nonfinite.read_text())
         raise RunError(
             f"stage {stage}: non-finite loss at step {info['step']} ({info['skipped_steps']} step(s) "
@@ -424,25 +424,41 @@ def run_training(
     cfg = resolve_paths(cfg)
     run_dir = run_dir_of(cfg)
     run_dir.check_location()
+    run_dir.pull_run_files()
     check_run_directory(cfg, run_dir, resume)
     train_files, val_files = scan_data(cfg, run_dir)
     workers_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vgg_weights=check_vgg(cfg)))
 
     run_dir.root.mkdir(parents=True, exist_ok=True)  # for train.log; config.yaml comes once Ray is up
-    with RunLog(run_dir.log_file, verbose) as run_log:
-        say(f"Data: {len(train_files)} training image(s), {len(val_files)} validation image(s)")
-        say(f"Run directory: {run_dir.root}")
-        say(
-            f"TensorBoard:   tensorboard --logdir {run_dir.tensorboard_root}   "
-            f"(or: srgan-dist tensorboard {run_dir.root})"
-        )
-        if not verbose:
-            say(f"Log:           {run_dir.log_file} (Ray and every worker; -v prints it here too)")
-        summary = _train_stages(
-            cfg, workers_cfg, run_dir, run_log, train_files, val_files, address, test_hooks
-        )
-        print_summary(summary)
+    try:
+        with RunLog(run_dir.log_file, verbose) as run_log:
+            say(f"Data: {len(train_files)} training image(s), {len(val_files)} validation image(s)")
+            say(f"Run directory: {run_dir.location}")
+            if run_dir.uri:
+                say(f"TensorBoard:   srgan-dist tensorboard {run_dir.uri}   (events upload at each log step)")
+            else:
+                say(
+                    f"TensorBoard:   tensorboard --logdir {run_dir.tensorboard_root}   "
+                    f"(or: srgan-dist tensorboard {run_dir.root})"
+                )
+            if not verbose:
+                say(f"Log:           {run_dir.log_file} (Ray and every worker; -v prints it here too)")
+            summary = _train_stages(
+                cfg, workers_cfg, run_dir, run_log, train_files, val_files, address, test_hooks
+            )
+            print_summary(summary)
+    finally:
+        upload_log(run_dir)
     return summary
+
+
+def upload_log(run_dir: RunDir) -> None:
+    """Upload ``train.log`` to a run in cloud storage; if that fails too (the storage is what
+    failed), say so without hiding the error that ended the run."""
+    try:
+        run_dir.push(run_dir.log_file)
+    except StorageError as error:
+        say(f"train.log stays at {run_dir.log_file}: {error}")
 
 
 def _train_stages(
@@ -460,7 +476,7 @@ def _train_stages(
         if stage_finished(summary, run_dir, stage):
             say(f"Stage {stage}: already finished, skipping ({run_dir.generator(stage).name})")
     if first_unfinished_stage(cfg, run_dir) is None:  # nothing left: no Ray needed
-        summary["run"] = {"name": cfg.run.name, "run_dir": str(run_dir.root)}
+        summary["run"] = {"name": cfg.run.name, "run_dir": run_dir.location}
         return summary
     import ray  # noqa: F401 - gives Ray's driver logger its handlers, which run_log then takes over
 
@@ -471,10 +487,11 @@ def _train_stages(
     # The run starts here: config.yaml marks the folder as holding a run (a new run with this
     # name then needs --resume), so a failure in pre-flight or while connecting must not write it.
     run_dir.config_file.write_text(to_yaml(cfg))
+    run_dir.push(run_dir.config_file)
     for stage in cfg.train.stages:
         if not stage_finished(summary, run_dir, stage):
-            run_dir.nonfinite_marker(stage).unlink(missing_ok=True)
-            run_dir.stage_error(stage).unlink(missing_ok=True)
+            run_dir.remove(run_dir.nonfinite_marker(stage))
+            run_dir.remove(run_dir.stage_error(stage))
     # Rank 0 prints each stage's lines; the last one is awaited so that it comes before the summary.
     last_line = run_log.expect_worker_line(f"Stage {cfg.train.stages[-1]}: done, exported")
     fit_stages(workers_cfg, run_dir, train_files, val_files, use_gpu, test_hooks)

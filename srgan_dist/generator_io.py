@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
+from srgan_dist import storage
 from srgan_dist.config import ModelConfig
 from srgan_dist.models import Generator
 from srgan_dist.models.generator import SCALES, GlobalSkip, Norm
@@ -170,7 +171,13 @@ def read_spec(path: Path) -> GeneratorSpec:
 
 
 def find_generator(weights: str | Path, stage: str | None = None) -> Path:
-    """Resolve ``--weights``: a generator file, or a run directory (its last exported stage)."""
+    """Resolve ``--weights``: a generator file, or a run directory (its last exported stage); a
+    URI of either is downloaded into the run's local working copy first."""
+    if storage.is_uri(weights):
+        try:
+            weights = download_weights(str(weights))
+        except storage.StorageError as error:
+            raise WeightsError(f"--weights: {error}") from error
     weights = Path(weights)
     if weights.is_file():
         return weights
@@ -185,6 +192,26 @@ def find_generator(weights: str | Path, stage: str | None = None) -> Path:
     if final is not None:
         return final
     raise WeightsError(f"{weights}: no generator_<stage>.safetensors in this run directory yet")
+
+
+def download_weights(uri: str) -> Path:
+    """Fetch a generator file (with its sidecar) or a run's generators from cloud storage; return
+    the local file or run folder."""
+    storage.check_uri(uri, "--weights")
+    if storage.name_of(uri).endswith(".safetensors"):
+        run_dir = RunDir.at(storage.parent(uri))
+        path = run_dir.root / storage.name_of(uri)
+        if not run_dir.pull(path):
+            raise WeightsError(f"--weights {uri}: no such file")
+        run_dir.pull(sidecar_path(path))
+        return path
+    run_dir = RunDir.at(uri)
+    for path in run_dir.generator_files():
+        run_dir.pull(path)
+    if not storage.exists(uri):
+        raise WeightsError(f"--weights {uri}: no such file or run directory")
+    run_dir.root.mkdir(parents=True, exist_ok=True)
+    return run_dir.root
 
 
 def load_generator(weights: str | Path, stage: str | None = None) -> tuple[Generator, GeneratorSpec]:

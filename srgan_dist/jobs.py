@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from srgan_dist.rundir import LOG_FILE, join_run_location
+from srgan_dist.storage import check_uri, is_uri
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 # How long a host:port (GCS) address may take to accept a TCP connection (see ``client``).
@@ -108,14 +109,16 @@ def submission_id_for(name: str, now: dt.datetime | None = None) -> str:
     return f"{safe_name}-{now.strftime('%Y%m%d-%H%M%S')}"
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def check_storage(storage: str) -> str:
     """The storage root a cluster job can use: an absolute path (shared on multi-node clusters)
     or a URI such as ``s3://bucket/runs``."""
-    if is_uri(storage) or os.path.isabs(storage):
+    if is_uri(storage):
+        try:
+            check_uri(storage, "--storage")
+        except ValueError as error:
+            raise JobError(str(error)) from None
+        return storage
+    if os.path.isabs(storage):
         return storage.rstrip("/") or "/"
     raise JobError(
         f"--storage {storage!r}: a job runs in a temporary copy of the project, so a relative "
@@ -304,7 +307,7 @@ def gcs_unreachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> s
     the Jobs SDK, with no limit in ``ray.init``) before a traceback.
     """
     address = address.removeprefix("ray://")
-    if "://" in address or address == "auto":
+    if is_uri(address) or address == "auto":
         return None
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
@@ -411,7 +414,7 @@ def stop(job_id: str, address: str | None = None) -> bool:
 
 def run_log_location(run_dir: str) -> str:
     """Where a training job's full log is: ``<run dir>/train.log`` (the job log is its console)."""
-    return f"{run_dir.rstrip('/')}/{LOG_FILE}"
+    return join_run_location(run_dir, LOG_FILE)
 
 
 def format_info(info) -> str:

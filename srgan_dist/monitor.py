@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +72,17 @@ class Monitor(NullMonitor):
 
     ``start_step`` is the step training resumes from: TensorBoard is told to purge anything an
     earlier attempt logged after it, so curves never show a rewound or duplicated stretch.
+    ``on_flush`` runs after each flush (a run in cloud storage uploads the events then).
     """
 
-    def __init__(self, log_dir: Path, stage: str, total_steps: int, start_step: int) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        stage: str,
+        total_steps: int,
+        start_step: int,
+        on_flush: Callable[[], None] = lambda: None,
+    ) -> None:
         from torch.utils.tensorboard import SummaryWriter  # imported on rank 0 only
 
         self.stage = stage
@@ -83,17 +92,22 @@ class Monitor(NullMonitor):
         self.last_val: tuple[float, float] | None = None  # (model, bicubic) PSNR of the last validation
         self.console = console_logger()
         self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None)
+        self.on_flush = on_flush
+
+    def flush(self) -> None:
+        self.writer.flush()
+        self.on_flush()
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, value, step)
-        self.writer.flush()
+        self.flush()
         if "val/psnr" in values and "val/psnr_bicubic" in values:
             self.last_val = (values["val/psnr"], values["val/psnr_bicubic"])
 
     def images(self, step: int, tag: str, grid_CHW: torch.Tensor) -> None:
         self.writer.add_image(tag, grid_CHW.clamp(0, 1).cpu(), step)
-        self.writer.flush()
+        self.flush()
 
     def progress(self, step: int, values: dict[str, float]) -> None:
         """One plain line a person (or a log file) can follow: step/total, losses, speed, ETA, and
@@ -114,18 +128,26 @@ class Monitor(NullMonitor):
     def hparams(self, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
         clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
         self.writer.add_hparams(clean, {f"hparam/{k}": v for k, v in metrics.items()}, run_name=".")
-        self.writer.flush()
+        self.flush()
 
     def message(self, text: str) -> None:
         self.console.info("[%s] %s", self.stage, text)
 
     def close(self) -> None:
         self.writer.close()
+        self.on_flush()
 
 
-def make_monitor(rank: int, log_dir: Path, stage: str, total_steps: int, start_step: int) -> NullMonitor:
+def make_monitor(
+    rank: int,
+    log_dir: Path,
+    stage: str,
+    total_steps: int,
+    start_step: int,
+    on_flush: Callable[[], None] = lambda: None,
+) -> NullMonitor:
     """A ``Monitor`` on rank 0, a ``NullMonitor`` on every other rank."""
     if rank != 0:
         return NullMonitor()
     log_dir.mkdir(parents=True, exist_ok=True)
-    return Monitor(log_dir, stage, total_steps, start_step)
+    return Monitor(log_dir, stage, total_steps, start_step, on_flush)

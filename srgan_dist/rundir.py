@@ -19,12 +19,22 @@ Everything a run writes, and everything that reads a finished run, names files t
 
 This module is plain path logic (no torch, no Ray) so the CLI, the job client and the workers
 all agree on names without importing each other.
+
+In cloud storage (``run.storage`` an ``s3://`` or ``gs://`` URI) ``root`` is the run's local
+working copy and ``uri`` the run directory itself: whoever writes a file there calls
+:meth:`RunDir.push` (a no-op for a local run), and whoever reads one a process elsewhere wrote
+calls :meth:`RunDir.pull` first. Ray Train writes checkpoints to the URI directly, so
+:meth:`RunDir.location_of` gives it (and checkpoint readers) the URI. ``srgan_dist/storage.py``
+does the transfers.
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from srgan_dist import storage
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -41,9 +51,13 @@ def generator_file_name(stage: str) -> str:
     return f"generator_{stage}.safetensors"
 
 
-def join_run_location(storage: str, name: str) -> str:
-    """``<storage>/<name>`` as text, for messages and job metadata (the storage may be remote)."""
-    return f"{storage.rstrip('/')}/{name}"
+def join_run_location(storage_root: str, name: str) -> str:
+    """``<storage>/<name>`` as text, for messages and job metadata (the storage may be a URI)."""
+    return (
+        storage.join(storage_root, name)
+        if storage.is_uri(storage_root)
+        else f"{storage_root.rstrip('/')}/{name}"
+    )
 
 
 @dataclass(frozen=True)
@@ -51,10 +65,99 @@ class RunDir:
     """Paths inside one run directory; ``root.name`` is the run name."""
 
     root: Path
+    uri: str | None = None
+    """The run directory in cloud storage; ``root`` is then its local working copy."""
 
     @classmethod
-    def of(cls, storage: str | Path, name: str) -> RunDir:
-        return cls(Path(storage) / name)
+    def of(cls, storage_root: str | Path, name: str) -> RunDir:
+        if storage.is_uri(storage_root):
+            return cls.at(storage.join(str(storage_root), name))
+        return cls(Path(storage_root) / name)
+
+    @classmethod
+    def at(cls, location: str | Path) -> RunDir:
+        """The run directory at a path or URI (``location`` as :attr:`location` gives it)."""
+        if storage.is_uri(location):
+            return cls(storage.working_copy(str(location)), str(location))
+        return cls(Path(location))
+
+    @property
+    def location(self) -> str:
+        """Where the run lives, for messages, Ray and workers: the URI, else the path."""
+        return self.uri or str(self.root)
+
+    @property
+    def storage_location(self) -> str:
+        """``run.storage``, the folder or URI that holds this run directory (Ray Train's
+        ``storage_path``; its ``RunConfig.name`` is :attr:`name`)."""
+        return storage.parent(self.uri) if self.uri else str(self.root.parent)
+
+    def location_of(self, path: Path) -> str | Path:
+        """``path`` (inside ``root``) where it really lives: its URI for a run in cloud storage."""
+        if self.uri is None:
+            return path
+        return storage.join(self.uri, path.relative_to(self.root).as_posix())
+
+    def push(self, path: Path) -> None:
+        """Upload a file or folder written under ``root`` to the run in cloud storage (else nothing)."""
+        if self.uri is not None:
+            storage.upload(path, str(self.location_of(path)))
+
+    def pull(self, path: Path) -> bool:
+        """Download ``path`` from the run in cloud storage (when there); True if ``path`` now exists."""
+        if (
+            self.uri is not None
+            and not storage.download(str(self.location_of(path)), path)
+            and path.is_file()
+        ):
+            path.unlink()  # a stale copy of a file the run no longer has
+        return path.exists()
+
+    def remove(self, path: Path) -> None:
+        """Delete a file here and in cloud storage."""
+        path.unlink(missing_ok=True)
+        if self.uri is not None:
+            storage.delete(str(self.location_of(path)))
+
+    def rename(self, path: Path, new_path: Path) -> None:
+        """Rename a file (in cloud storage too)."""
+        if path.exists():
+            path.replace(new_path)
+        if self.uri is not None:
+            storage.move(str(self.location_of(path)), str(self.location_of(new_path)))
+
+    def fresh_folder(self, path: Path) -> Path:
+        """``path``, emptied first for a run in cloud storage: what an earlier run or attempt left
+        in this machine's working copy is in the bucket already (or belongs to no run any more),
+        and everything in the folder gets uploaded."""
+        if self.uri is not None and path.is_dir():
+            shutil.rmtree(path)
+        return path
+
+    def pull_run_files(self) -> None:
+        """Make the working copy's config, summary and generators those of the run in cloud
+        storage (a resumed run reads them). The log is fetched only when this machine has none,
+        since the local one may hold lines not uploaded yet."""
+        if self.uri is None:
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        for path in (self.config_file, self.summary_file, *self.generator_files()):
+            self.pull(path)
+        if not self.log_file.exists():
+            self.pull(self.log_file)
+
+    def push_generator(self, stage: str) -> None:
+        """Upload a stage's generator, sidecar first (readers look for the weights)."""
+        self.push(self.generator(stage).with_suffix(".json"))
+        self.push(self.generator(stage))
+
+    def generator_files(self) -> list[Path]:
+        """Every stage's generator and its JSON sidecar."""
+        return [
+            path
+            for stage in STAGES_LAST_FIRST
+            for path in (self.generator(stage), self.generator(stage).with_suffix(".json"))
+        ]
 
     @property
     def name(self) -> str:
@@ -99,11 +202,14 @@ class RunDir:
 
     def check_location(self) -> None:
         """Raise ``ConfigError`` if the storage root or the run folder cannot be a folder (a file
-        is in the way), before anything is written."""
+        is in the way), before anything is written; in cloud storage, ``StorageError`` unless the
+        bucket exists and takes a test file."""
         from srgan_dist.config import ConfigError
 
-        storage = self.root.parent
-        for path in (storage, *storage.parents):
+        if self.uri is not None:
+            storage.check_writable(self.uri)
+        storage_root = self.root.parent
+        for path in (storage_root, *storage_root.parents):
             if path.exists() and not path.is_dir():
                 raise ConfigError(f"run.storage: {path} is a file, not a folder; choose another --storage")
         if self.root.exists() and not self.root.is_dir():

@@ -24,6 +24,7 @@ def write_summary(run_dir: RunDir, summary: dict[str, Any]) -> None:
     tmp = run_dir.summary_file.with_name(run_dir.summary_file.name + ".tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(run_dir.summary_file)
+    run_dir.push(run_dir.summary_file)
 
 
 def stage_finished(summary: dict[str, Any], run_dir: RunDir, stage: str) -> bool:
@@ -51,7 +52,7 @@ def stage_summary(cfg: Config, stage: str, metrics: dict[str, Any], wall_time_s:
 def record_stage(run_dir: RunDir, stage: str, entry: dict[str, Any]) -> dict[str, Any]:
     """Add ``stage``'s entry to ``summary.json`` (keeping the other stages'); return the summary."""
     summary = load_summary(run_dir)
-    summary["run"] = {"name": run_dir.name, "run_dir": str(run_dir.root)}
+    summary["run"] = {"name": run_dir.name, "run_dir": run_dir.location}
     summary["stages"][stage] = entry
     write_summary(run_dir, summary)
     return summary

@@ -126,7 +126,7 @@ def test_newest_good_skips_damaged_and_foreign_folders(tmp_path):
     (stage_dir / SNAPSHOT).write_text("{}")
 
     point = ckpt.load_newest_good(stage_dir, "srresnet")
-    assert point is not None and point.directory.name == "step-00000004" and point.state["step"] == 4
+    assert point is not None and point.name == "step-00000004" and point.state["step"] == 4
     assert [str(e).split(":")[0] for e in point.damaged] == [
         str(stage_dir / "step-00000008" / ckpt.MANIFEST_FILE),
         str(stage_dir / "step-00000006" / ckpt.STATE_FILE),
@@ -154,7 +154,7 @@ def test_pruning_keeps_the_newest_of_the_stage_up_to_the_step_just_written(tmp_p
     # Step 8 is left from an attempt that got further (say, damaged and skipped on resume): the
     # run is back at step 6, and step 8 is neither counted nor deleted.
     deleted = ckpt.prune_checkpoints(stage_dir, keep=2, newest_step=6)
-    assert [p.name for p in deleted] == ["step-00000002"]
+    assert deleted == ["step-00000002"]
     assert sorted(p.name for p in stage_dir.iterdir()) == ["step-00000004", "step-00000006", "step-00000008"]
     assert ckpt.prune_checkpoints(stage_dir, keep=2, newest_step=6) == []
     other_stage = tmp_path / "run-srgan"

@@ -17,6 +17,7 @@ import shlex
 import sys
 
 from srgan_dist.rundir import TENSORBOARD_DIR
+from srgan_dist.storage import is_uri
 
 ADDRESS_HELP = "job server URL (default: $RAY_ADDRESS, else http://127.0.0.1:8265)"
 
@@ -190,9 +191,12 @@ def run_submit(args: argparse.Namespace) -> int:
     if request.run_dir:
         print(f"  run dir:      {request.run_dir}")
         print(f"  full log:     {jobs.run_log_location(request.run_dir)} (Ray and every worker)")
-        print(
-            f"  TensorBoard:  tensorboard --logdir {shlex.quote(request.run_dir + '/' + TENSORBOARD_DIR)} --host 127.0.0.1"
-        )
+        if is_uri(request.run_dir):  # uploaded by rank 0 at each log step
+            print(f"  TensorBoard:  srgan-dist tensorboard {shlex.quote(request.run_dir)}")
+        else:
+            print(
+                f"  TensorBoard:  tensorboard --logdir {shlex.quote(request.run_dir + '/' + TENSORBOARD_DIR)} --host 127.0.0.1"
+            )
     sys.stdout.flush()
     if not args.wait:
         return 0

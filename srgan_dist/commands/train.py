@@ -14,7 +14,11 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/demo.yaml")
     parser.add_argument("--name", help="run name (run.name): the folder <storage>/<name>/")
-    parser.add_argument("--storage", help="storage root (run.storage): local or shared path")
+    parser.add_argument(
+        "--storage",
+        help="storage root (run.storage): local or shared path, or s3://bucket/prefix or gs://bucket/prefix "
+        "(credentials from the environment)",
+    )
     parser.add_argument(
         "--workers",
         metavar="N|MIN-MAX",
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from srgan_dist.config import ConfigError
     from srgan_dist.data import DataError
     from srgan_dist.driver import RunError, run_dir_of, run_training
+    from srgan_dist.storage import StorageError
     from srgan_dist.vgg_weights import VGGWeightsUnavailable
 
     server = None
@@ -86,7 +91,14 @@ def run(args: argparse.Namespace) -> int:
 
             server = start_tensorboard(run_dir_of(cfg).root.resolve(), host="127.0.0.1", port=6006)
         run_training(cfg, resume=args.resume, address=args.address, verbose=args.verbose)
-    except (ConfigError, DataError, RunError, VGGWeightsUnavailable, FileNotFoundError) as error:
+    except (
+        ConfigError,
+        DataError,
+        RunError,
+        StorageError,
+        VGGWeightsUnavailable,
+        FileNotFoundError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         if log_file is not None and log_file.is_file():
             print(f"Full log: {log_file}", file=sys.stderr)

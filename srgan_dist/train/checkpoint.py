@@ -23,7 +23,6 @@ import json
 import os
 import pickle
 import re
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 from srgan_dist.rundir import CONFIG_FILE
+from srgan_dist.storage import delete_folder, join, list_folders, local_copy
 
 CHECKPOINT_FORMAT_VERSION = 3  # 3: manifest.json; 2: EMA added, RNG state dropped
 STATE_FILE = "state.pt"
@@ -133,30 +133,23 @@ def load_checkpoint(directory: Path, stage: str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: cannot be loaded ({str(error).splitlines()[0][:200]})") from error
 
 
-def list_checkpoints(stage_dir: Path) -> list[Path]:
-    """The ``step-NNNNNNNN`` folders of a stage, newest first."""
-    if not stage_dir.is_dir():
-        return []
-    found = [
-        (int(m[1]), p) for p in stage_dir.iterdir() if (m := _DIR_PATTERN.fullmatch(p.name)) and p.is_dir()
-    ]
-    return [path for _, path in sorted(found, reverse=True)]
+def list_checkpoints(stage_dir: Path | str) -> list[str]:
+    """The names of a stage's ``step-NNNNNNNN`` folders (a local folder or a URI), newest first."""
+    return sorted((name for name in list_folders(stage_dir) if _DIR_PATTERN.fullmatch(name)), reverse=True)
 
 
-def prune_checkpoints(stage_dir: Path, keep: int, newest_step: int) -> list[Path]:
-    """Delete the stage's checkpoint folders beyond the ``keep`` newest up to ``newest_step``
-    (the one just written); return what was deleted.
+def prune_checkpoints(stage_dir: Path | str, keep: int, newest_step: int) -> list[str]:
+    """Delete the stage's checkpoint folders (a local folder or a URI) beyond the ``keep`` newest
+    up to ``newest_step`` (the one just written); return the names deleted.
 
     Folders of later steps, left by an attempt that got further (a damaged one a resume skipped),
     are neither counted nor touched: training writes those steps again.
     """
     written = [
-        path
-        for path in list_checkpoints(stage_dir)
-        if int(_DIR_PATTERN.fullmatch(path.name)[1]) <= newest_step
+        name for name in list_checkpoints(stage_dir) if int(_DIR_PATTERN.fullmatch(name)[1]) <= newest_step
     ]
-    for path in written[keep:]:
-        shutil.rmtree(path)
+    for name in written[keep:]:
+        delete_folder(join(stage_dir, name) if isinstance(stage_dir, str) else stage_dir / name)
     return written[keep:]
 
 
@@ -164,7 +157,7 @@ def prune_checkpoints(stage_dir: Path, keep: int, newest_step: int) -> list[Path
 class ResumePoint:
     """The checkpoint a stage resumes from, and the newer ones skipped because they are damaged."""
 
-    directory: Path
+    name: str
     state: dict[str, Any]
     damaged: list[CheckpointError] = field(default_factory=list)
 
@@ -173,16 +166,21 @@ class ResumePoint:
         return "; ".join(str(error) for error in self.damaged)
 
 
-def load_newest_good(stage_dir: Path, stage: str) -> ResumePoint | None:
+def load_newest_good(stage_dir: Path | str, stage: str) -> ResumePoint | None:
     """Load the newest checkpoint of ``stage`` in ``stage_dir`` that verifies and loads.
+
+    ``stage_dir`` is a local folder or a URI; from a URI each checkpoint tried is downloaded to a
+    temporary folder first.
 
     ``None`` when the stage has no checkpoint folder yet. When it has some but none is usable,
     raises ``CheckpointError`` listing each (a restart cannot fix that; nothing is deleted).
     """
     damaged: list[CheckpointError] = []
-    for directory in list_checkpoints(stage_dir):
+    for name in list_checkpoints(stage_dir):
+        location = join(stage_dir, name) if isinstance(stage_dir, str) else stage_dir / name
         try:
-            return ResumePoint(directory, load_checkpoint(directory, stage), damaged)
+            with local_copy(location) as directory:
+                return ResumePoint(name, load_checkpoint(directory, stage), damaged)
         except CheckpointError as error:
             damaged.append(error)
     if damaged:

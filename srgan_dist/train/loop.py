@@ -71,6 +71,7 @@ def stop_without_restart(
         partial = marker.with_name(f"{marker.name}.rank{rank}")
         partial.write_text(json.dumps({"stage": stage, "rank": rank, "message": str(error)}) + "\n")
         os.replace(partial, marker)
+        run_dir.push(marker)
     # Agreed by all ranks, so none goes on into DDP set-up waiting for one that stopped.
     failed_ranks = all_reduce_sum(torch.tensor([float(error is not None)]), device)
     return bool(failed_ranks.item() > 0)
@@ -81,6 +82,7 @@ def first_stage_to_train(cfg: Config, run_dir: RunDir, rank: int, device: torch.
     sees it: every rank starts there, even when a shared mount shows the others an older file."""
     index = 0
     if rank == 0:
+        run_dir.pull_run_files()  # a run in cloud storage: its summary and generators
         summary = load_summary(run_dir)
         stages = cfg.train.stages
         while index < len(stages) and stage_finished(summary, run_dir, stages[index]):
@@ -98,14 +100,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, device = context.get_world_rank(), ray.train.torch.get_device()
     cfg = config_from_dict(loop_config["config"])
-    run_dir = RunDir(Path(loop_config["run_dir"]))
+    run_dir = RunDir.at(loop_config["run_dir"])
     stages = cfg.train.stages
     first = first_stage_to_train(cfg, run_dir, rank, device)
-    init_generator = str(run_dir.generator(stages[first - 1])) if first > 0 else None
+    # The previous stage's generator, as every rank can read it (its URI for cloud storage).
+    handoff = lambda stage: str(run_dir.location_of(run_dir.generator(stage)))  # noqa: E731
+    init_generator = handoff(stages[first - 1]) if first > 0 else None
     for stage in stages[first:]:
         if not train_stage(cfg, stage, run_dir, loop_config, init_generator, rank, device):
             return
-        init_generator = str(run_dir.generator(stage))
+        init_generator = handoff(stage)
         gc.collect()  # the finished stage's models and optimizers (DDP keeps reference cycles)
         if device.type == "cuda":
             torch.cuda.empty_cache()

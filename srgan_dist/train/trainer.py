@@ -246,11 +246,12 @@ class StageTrainer:
 
         Raises ``CheckpointError`` when the stage has checkpoints but none verifies and loads.
         """
-        point = ckpt.load_newest_good(self.run_dir.checkpoints(self.stage), self.stage)
+        point = ckpt.load_newest_good(
+            self.run_dir.location_of(self.run_dir.checkpoints(self.stage)), self.stage
+        )
         if point is not None and point.damaged:
-            self.damaged_note = (
-                f"skipped damaged checkpoint(s), resuming from {point.directory.name}: "
-                + "; ".join(map(str, point.damaged))
+            self.damaged_note = f"skipped damaged checkpoint(s), resuming from {point.name}: " + "; ".join(
+                map(str, point.damaged)
             )
         self._start(point.state if point is not None else None, init_generator)
 
@@ -338,8 +339,16 @@ class StageTrainer:
         )
         self.has_val = bool(self.val_files)
 
+        log_dir = self.run_dir.tensorboard(self.stage)
+        if self.rank == 0:
+            self.run_dir.fresh_folder(log_dir)
         self.monitor = make_monitor(
-            self.rank, self.run_dir.tensorboard(self.stage), self.stage, stage_cfg.iterations, self.step
+            self.rank,
+            log_dir,
+            self.stage,
+            stage_cfg.iterations,
+            self.step,
+            on_flush=lambda: self.run_dir.push(log_dir),
         )
         where = f"on {self.world_size} worker(s)"
         if self.damaged_note:
@@ -451,6 +460,7 @@ class StageTrainer:
             marker = self.run_dir.nonfinite_marker(self.stage)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(self.stop_info, indent=2) + "\n")
+            self.run_dir.push(marker)
         self.monitor.message(
             f"stopping: non-finite loss at step {self.stop_info['step']}; no checkpoint written from it"
         )
@@ -535,7 +545,9 @@ class StageTrainer:
                 self.report(metrics, Path(directory), name)
             # Per-stage retention: Ray Train's own pruning (one num_to_keep per run) is off.
             ckpt.prune_checkpoints(
-                self.run_dir.checkpoints(self.stage), self.stage_cfg.num_to_keep, self.step
+                self.run_dir.location_of(self.run_dir.checkpoints(self.stage)),
+                self.stage_cfg.num_to_keep,
+                self.step,
             )
         self.last_saved = self.step
 
@@ -559,7 +571,9 @@ class StageTrainer:
         spec = GeneratorSpec.from_model_config(self.cfg.model, stage=self.stage, step=self.step)
         generator = spec.build()
         generator.load_state_dict(generator_weights_to_export(self.state_dict()))
-        return save_generator(generator, spec, self.run_dir.generator(self.stage))
+        path = save_generator(generator, spec, self.run_dir.generator(self.stage))
+        self.run_dir.push_generator(self.stage)
+        return path
 
     def finish(self) -> None:
         """Final validation and checkpoint (unless resumed exactly at the end), then hparams."""

@@ -1,0 +1,253 @@
+"""Cloud storage for run directories: ``s3://`` and ``gs://`` URIs, through ``pyarrow.fs``.
+
+A run whose ``run.storage`` is a URI keeps a local *working copy* of its run directory
+(``~/.cache/srgan-dist/runs/<scheme>/<bucket>/<path>/<name>``, see :func:`working_copy`): the
+code that writes ``config.yaml``, ``summary.json``, generators and TensorBoard events writes
+there as for a local run, and :class:`srgan_dist.rundir.RunDir` uploads each file once written.
+Ray Train writes checkpoints to the URI itself (``RunConfig(storage_path=<uri>)``); readers list
+and download from the URI. This module is the only one that talks to the storage.
+
+URIs follow pyarrow's (and Ray's) syntax, query parameters included, e.g.
+``s3://runs/srgan?endpoint_override=127.0.0.1:9000&scheme=http`` for an S3-compatible server.
+Credentials come from the environment the usual way (``AWS_ACCESS_KEY_ID`` / ``AWS_PROFILE`` /
+instance profiles, ``AWS_ENDPOINT_URL``; GCP application default credentials); a URI that
+carries credentials is refused, because the URI is written into config.yaml, summary.json and
+logs. Every storage failure is a :class:`StorageError` naming the operation and the URI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+SCHEMES = ("s3", "gs")
+# Query parameters pyarrow accepts that carry secrets: refused (they would be written to disk).
+CREDENTIAL_PARAMETERS = ("access_key", "secret_key", "session_token", "access_token")
+WRITE_CHECK_FILE = ".srgan-dist-write-check"
+COPY_CHUNK_BYTES = 64 * 2**20  # Ray Train's for checkpoints; each read of an S3 file is one request
+# What to check, for the errors a user meets first (pyarrow's AWS error names).
+HINTS = (
+    (
+        "ACCESS_DENIED",
+        "check the credentials in the environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
+    ),
+    ("NETWORK_CONNECTION", "is the storage endpoint up? AWS_ENDPOINT_URL or ?endpoint_override= names it"),
+)
+
+
+class StorageError(OSError):
+    """Reading or writing cloud storage failed; the message names the operation and the URI."""
+
+
+def is_uri(location: str | Path) -> bool:
+    """True for ``scheme://...`` (cloud storage, a job server URL), False for a filesystem path."""
+    return "://" in str(location)
+
+
+def check_uri(uri: str, key: str = "run.storage") -> None:
+    """Raise ``ValueError`` naming ``key`` unless ``uri`` is an ``s3://`` / ``gs://`` URI without
+    credentials in it."""
+    parts = urlsplit(uri)
+    if parts.scheme not in SCHEMES:
+        raise ValueError(
+            f"{key}: {uri!r} is a {parts.scheme}:// URI; storage takes a local or shared path, "
+            "or an s3:// or gs:// URI"
+        )
+    if not parts.netloc:
+        raise ValueError(f"{key}: {uri!r} names no bucket; e.g. s3://my-bucket/runs")
+    secrets = sorted({name for name, _ in parse_qsl(parts.query)} & set(CREDENTIAL_PARAMETERS))
+    if secrets:
+        raise ValueError(
+            f"{key}: the URI carries credentials ({', '.join(secrets)}); it is written into config.yaml "
+            "and logs, so give credentials through the environment instead (AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)"
+        )
+
+
+def join(uri: str, *parts: str) -> str:
+    """``join("s3://b/runs?scheme=http", "demo")`` → ``s3://b/runs/demo?scheme=http``."""
+    base, sep, query = uri.partition("?")
+    path = "/".join([base.rstrip("/"), *(part.strip("/") for part in parts if part)])
+    return path + sep + query
+
+
+def parent(uri: str) -> str:
+    """``parent("s3://b/runs/demo?scheme=http")`` → ``s3://b/runs?scheme=http``."""
+    base, sep, query = uri.partition("?")
+    return base.rstrip("/").rpartition("/")[0] + sep + query
+
+
+def name_of(uri: str) -> str:
+    """The last path component of ``uri`` (query left out)."""
+    return uri.partition("?")[0].rstrip("/").rpartition("/")[2]
+
+
+def working_copy(uri: str) -> Path:
+    """The local folder that mirrors ``uri`` on this machine (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    parts = urlsplit(uri)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "srgan-dist" / "runs" / parts.scheme / parts.netloc / parts.path.strip("/")
+
+
+@contextlib.contextmanager
+def _operation(what: str, uri: str) -> Iterator[None]:
+    """Turn pyarrow's errors (``OSError``, ``ArrowInvalid``) into one ``StorageError`` line."""
+    import pyarrow
+
+    try:
+        yield
+    except (OSError, pyarrow.ArrowException) as error:
+        if isinstance(error, StorageError):
+            raise
+        detail = " ".join(str(error).split())
+        hints = [hint for marker, hint in HINTS if marker in detail]
+        raise StorageError(
+            f"{what} {uri} failed: {detail}" + "".join(f" ({hint})" for hint in hints[:1])
+        ) from error
+
+
+def open_uri(uri: str):  # -> tuple[pyarrow.fs.FileSystem, str]
+    """The pyarrow filesystem and the path on it that ``uri`` names."""
+    import pyarrow.fs
+
+    check_uri(uri)
+    with _operation("opening", uri):
+        return pyarrow.fs.FileSystem.from_uri(uri)
+
+
+def _info(uri: str):  # -> pyarrow.fs.FileInfo
+    fs, path = open_uri(uri)
+    with _operation("looking up", uri):
+        return fs.get_file_info(path)
+
+
+def exists(uri: str) -> bool:
+    import pyarrow.fs
+
+    return _info(uri).type != pyarrow.fs.FileType.NotFound
+
+
+def is_folder(location: str | Path) -> bool:
+    """A folder at a local path or (a prefix with objects under it) at a URI."""
+    import pyarrow.fs
+
+    if not is_uri(location):
+        return Path(location).is_dir()
+    return _info(str(location)).type == pyarrow.fs.FileType.Directory
+
+
+def list_folders(location: str | Path) -> list[str]:
+    """Names of the sub-folders of a local folder or URI ([] when it does not exist)."""
+    import pyarrow.fs
+
+    if not is_uri(location):
+        path = Path(location)
+        return [child.name for child in path.iterdir() if child.is_dir()] if path.is_dir() else []
+    uri = str(location)
+    fs, path = open_uri(uri)
+    with _operation("listing", uri):
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return [info.base_name for info in infos if info.type == pyarrow.fs.FileType.Directory]
+
+
+def upload(local: Path, uri: str) -> None:
+    """Copy a local file, or a folder with everything in it, to ``uri`` (replacing what is there)."""
+    import pyarrow.fs
+
+    fs, path = open_uri(uri)
+    with _operation(f"uploading {local} to", uri):
+        # As Ray Train copies checkpoints: threaded uploads to S3 are unsafe in pyarrow
+        # (apache/arrow#32372), and each read is one ranged GET, so read in large chunks.
+        pyarrow.fs.copy_files(
+            str(local), path, pyarrow.fs.LocalFileSystem(), fs, chunk_size=COPY_CHUNK_BYTES, use_threads=False
+        )
+
+
+def download(uri: str, local: Path) -> bool:
+    """Copy the file or folder at ``uri`` to ``local``; False (nothing copied) when it does not exist.
+
+    A file arrives under a temporary name and is renamed, so ``local`` is never half-written.
+    """
+    import pyarrow.fs
+
+    info = _info(uri)
+    if info.type == pyarrow.fs.FileType.NotFound:
+        return False
+    fs, path = open_uri(uri)
+    is_folder = info.type == pyarrow.fs.FileType.Directory
+    (local if is_folder else local.parent).mkdir(parents=True, exist_ok=True)  # copy_files does not
+    target = local if is_folder else local.with_name(local.name + ".part")
+    with _operation(f"downloading to {local} from", uri):
+        pyarrow.fs.copy_files(
+            path, str(target), fs, pyarrow.fs.LocalFileSystem(), chunk_size=COPY_CHUNK_BYTES
+        )
+    if target != local:
+        target.replace(local)
+    return True
+
+
+def delete(uri: str) -> None:
+    """Delete the file at ``uri`` if there is one."""
+    import pyarrow.fs
+
+    fs, path = open_uri(uri)
+    with _operation("deleting", uri):
+        if fs.get_file_info(path).type == pyarrow.fs.FileType.File:
+            fs.delete_file(path)
+
+
+def delete_folder(location: str | Path) -> None:
+    """Delete a folder and everything in it, at a local path or a URI."""
+    if not is_uri(location):
+        shutil.rmtree(location)
+        return
+    uri = str(location)
+    fs, path = open_uri(uri)
+    with _operation("deleting the folder", uri):
+        fs.delete_dir(path)
+
+
+def move(source: str, destination: str) -> None:
+    fs, source_path = open_uri(source)
+    _, destination_path = open_uri(destination)
+    with _operation(f"renaming to {destination}:", source):
+        fs.move(source_path, destination_path)
+
+
+@contextlib.contextmanager
+def local_copy(location: str | Path) -> Iterator[Path]:
+    """A local path, as is; a URI's folder, downloaded into a temporary folder (removed after)."""
+    if not is_uri(location):
+        yield Path(location)
+        return
+    with tempfile.TemporaryDirectory(prefix="srgan-dist-") as scratch:
+        copy = Path(scratch) / name_of(str(location))
+        if not download(str(location), copy):
+            raise StorageError(f"downloading {location} failed: nothing there")
+        yield copy
+
+
+def check_writable(uri: str) -> None:
+    """Pre-flight for a run in cloud storage: the bucket exists and a file can be written and
+    deleted under ``uri``. Raises ``StorageError`` saying which of these failed."""
+    import pyarrow.fs
+
+    fs, path = open_uri(uri)
+    bucket = path.split("/", 1)[0]
+    with _operation("checking the bucket of", uri):
+        found = fs.get_file_info(bucket).type != pyarrow.fs.FileType.NotFound
+    if not found:
+        raise StorageError(
+            f"checking the bucket of {uri} failed: bucket {bucket!r} does not exist (or these "
+            "credentials cannot see it); create it or fix run.storage"
+        )
+    marker = f"{path}/{WRITE_CHECK_FILE}"
+    with _operation("writing a test file to", uri), fs.open_output_stream(marker) as stream:
+        stream.write(b"srgan-dist pre-flight\n")
+    with _operation("deleting the test file from", uri):
+        fs.delete_file(marker)

@@ -1,0 +1,465 @@
+"""Runs in cloud storage, against a real S3-compatible server on 127.0.0.1 (moto's server, in this
+process, over HTTP; pyarrow talks to it as to any S3 endpoint).
+
+One two-stage run (``python launch.py``, its own embedded Ray, 2 workers) writes to
+``s3://runs/...`` with the endpoint from ``AWS_ENDPOINT_URL``; the tests that only read it share
+it. The fault tests run in-process on the session's Ray and name the endpoint in the URI
+(``?endpoint_override=...&scheme=http``), since the session's Ray workers do not see environment
+variables set after they started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+import pytest
+import yaml
+from conftest import training_photos
+from test_training import ROOT, scalars, steps_per_event_file, tiny_config, tiny_overrides
+
+from srgan_dist import cli, jobs, storage
+from srgan_dist.commands.tensorboard import download_events
+from srgan_dist.config import ConfigError, to_dict
+from srgan_dist.driver import RunError, forget_ray_checkpoint_list, run_training
+from srgan_dist.rundir import RunDir
+from srgan_dist.storage import StorageError
+from srgan_dist.train import checkpoint as ckpt
+
+pytestmark = pytest.mark.slow
+BUCKET = "runs"
+# What the shared run's environment holds as its secret: it must never reach a file of the run.
+SECRET = "not-a-real-secret-5d1f0c"
+
+
+def test_uris_are_checked_and_joined_before_the_query():
+    uri = "s3://runs/prefix?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert (
+        storage.join(uri, "demo", "train.log")
+        == "s3://runs/prefix/demo/train.log?endpoint_override=127.0.0.1:9000&scheme=http"
+    )
+    assert storage.parent(storage.join(uri, "demo")) == uri
+    assert storage.name_of(storage.join(uri, "demo")) == "demo"
+    assert jobs.run_log_location(storage.join(uri, "demo")) == storage.join(uri, "demo", "train.log")
+    assert jobs.check_storage(uri) == uri
+    for bad, message in (
+        ("ftp://host/runs", "run.storage: 'ftp://host/runs' is a ftp:// URI"),
+        ("s3:///runs", "names no bucket"),
+        ("s3://runs/x?access_key=AKIA&secret_key=abc", r"carries credentials \(access_key, secret_key\)"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            tiny_config({"train": Path("/t"), "val": Path("/v")}, Path("/unused"), "x", f"run.storage={bad}")
+    with pytest.raises(jobs.JobError, match=r"--storage: the URI carries credentials \(session_token\)"):
+        jobs.check_storage("s3://runs/x?session_token=abc")
+
+
+@dataclass
+class S3Server:
+    """moto's S3 server on 127.0.0.1 (its objects live in this process, so a restart keeps them)."""
+
+    host: str
+    port: int
+    server: Any
+
+    @contextlib.contextmanager
+    def down(self) -> Iterator[None]:
+        """The server stopped (its objects kept), then started again on the same port."""
+        from moto.server import ThreadedMotoServer
+
+        self.server.stop()
+        try:
+            yield
+        finally:
+            self.server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+            self.server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def uri(self, path: str, bucket: str = BUCKET) -> str:
+        """``s3://<bucket>/<path>`` on this server, the endpoint in the URI (no environment needed)."""
+        return f"s3://{bucket}/{path}?endpoint_override={self.endpoint}&scheme=http"
+
+    def filesystem(self) -> pyarrow.fs.S3FileSystem:
+        return pyarrow.fs.S3FileSystem(
+            endpoint_override=self.endpoint,
+            scheme="http",
+            access_key="test",
+            secret_key="test",
+            allow_bucket_creation=True,
+        )
+
+    def keys(self, prefix: str) -> set[str]:
+        """Every object under ``<bucket>/<prefix>``, relative to it."""
+        selector = pyarrow.fs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True)
+        return {
+            info.path.removeprefix(f"{BUCKET}/{prefix}/")
+            for info in self.filesystem().get_file_info(selector)
+            if info.type == pyarrow.fs.FileType.File
+        }
+
+    @contextlib.contextmanager
+    def authentication(self) -> Iterator[None]:
+        """Check every request's credentials against the server's IAM users (none: all fail)."""
+
+        def set_free_requests(count: str) -> None:
+            url = f"http://{self.endpoint}/moto-api/reset-auth"
+            headers = {"Content-Type": "text/plain"}  # moto reads the raw body
+            urllib.request.urlopen(urllib.request.Request(url, count.encode(), headers, method="POST")).read()
+
+        set_free_requests("0")
+        try:
+            yield
+        finally:
+            set_free_requests("inf")
+
+    def read(self, key: str) -> bytes:
+        with self.filesystem().open_input_stream(f"{BUCKET}/{key}") as stream:
+            return stream.read()
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[S3Server]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    running = S3Server(host, port, server)
+    running.filesystem().create_dir(BUCKET)  # a bucket (moto allows creating it)
+    yield running
+    running.server.stop()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, Path]:
+    return training_photos(tmp_path_factory)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch) -> Path:
+    """Each test's working copies in a fresh cache: whatever it reads comes from the server."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="module")
+def cloud_run(s3_server, photos, tmp_path_factory) -> dict:
+    """``python launch.py`` with both stages on 2 workers, storage ``s3://runs/shared`` and the
+    endpoint and credentials in the environment, as a user on AWS or MinIO sets them."""
+    storage_uri = f"s3://{BUCKET}/shared"
+    overrides = tiny_overrides(photos, Path("unused"), "full", "srgan.lr=1e-12")
+    overrides = [o for o in overrides if not o.startswith("run.storage=")] + [f"run.storage={storage_uri}"]
+    ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        "RAY_TMPDIR": ray_tmp,
+        "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("launch-cache")),
+        "AWS_ENDPOINT_URL": f"http://{s3_server.endpoint}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    command = [sys.executable, "launch.py", "--config", "configs/demo.yaml", *overrides]
+    try:
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return {"uri": f"{storage_uri}/full", "prefix": "shared/full", "stdout": result.stdout, "env": env}
+
+
+@pytest.fixture
+def endpoint_env(s3_server, monkeypatch) -> None:
+    """This process reaches the server as the shared run did: through the environment."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{s3_server.endpoint}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def test_a_two_stage_run_writes_its_whole_run_directory_to_the_bucket(s3_server, cloud_run):
+    keys = s3_server.keys(cloud_run["prefix"])
+    for key in (
+        "config.yaml",
+        "summary.json",
+        "train.log",
+        "generator_srresnet.safetensors",
+        "generator_srresnet.json",
+        "generator_srgan.safetensors",
+        "generator_srgan.json",
+    ):
+        assert key in keys, key
+    for stage, steps in (("srresnet", 6), ("srgan", 4)):
+        assert any(key.startswith(f"tensorboard/{stage}/events.out.tfevents.") for key in keys), stage
+        assert f"full-{stage}/step-{steps:08d}/manifest.json" in keys  # Ray Train's checkpoints
+        assert f"full-{stage}/step-{steps:08d}/state.pt" in keys
+    assert not any(key.endswith((".tmp", ".part", storage.WRITE_CHECK_FILE)) for key in keys), keys
+
+    summary = json.loads(s3_server.read(f"{cloud_run['prefix']}/summary.json"))
+    assert summary["run"] == {"name": "full", "run_dir": cloud_run["uri"]}
+    assert summary["stages"]["srgan"]["steps"] == 4 and summary["stages"]["srgan"]["workers"] == 2
+    saved = yaml.safe_load(s3_server.read(f"{cloud_run['prefix']}/config.yaml"))
+    assert saved["run"]["storage"] == "s3://runs/shared"
+    # The console names the URI; the credentials are nowhere in what the run wrote.
+    assert f"Run directory: {cloud_run['uri']}" in cloud_run["stdout"].splitlines()
+    assert f"TensorBoard:   srgan-dist tensorboard {cloud_run['uri']}" in cloud_run["stdout"]
+    for key in ("config.yaml", "summary.json", "train.log", "generator_srgan.json"):
+        assert SECRET.encode() not in s3_server.read(f"{cloud_run['prefix']}/{key}"), key
+    assert "[srgan] step 4/4" in s3_server.read(f"{cloud_run['prefix']}/train.log").decode()
+
+
+def test_upscale_evaluate_and_export_read_the_weights_from_the_uri(
+    cloud_run, photos, tmp_path, endpoint_env, own_cache, capsys
+):
+    out = tmp_path / "upscaled"
+    assert (
+        cli.main(
+            ["upscale", "--weights", cloud_run["uri"], "--input", str(photos["val"]), "--output", str(out)]
+        )
+        == 0
+    )
+    assert len(list(out.glob("*.png"))) == 2
+    report = tmp_path / "eval.json"
+    generator_uri = f"{cloud_run['uri']}/generator_srresnet.safetensors"
+    assert (
+        cli.main(["evaluate", "--weights", generator_uri, "--hr", str(photos["val"]), "--json", str(report)])
+        == 0
+    )
+    assert len(json.loads(report.read_text())["images"]) == 2
+    exported = tmp_path / "g.safetensors"
+    code = cli.main(
+        ["export", "--weights", cloud_run["uri"], "--format", "safetensors", "--output", str(exported)]
+    )
+    assert code == 0 and exported.is_file(), capsys.readouterr()
+    # What was read is this machine's working copy of the run, fetched from the bucket.
+    assert (
+        own_cache / "srgan-dist" / "runs" / "s3" / BUCKET / "shared" / "full" / "generator_srgan.safetensors"
+    ).is_file()
+    # A run directory that is not there is a one-line error naming it.
+    capsys.readouterr()
+    assert cli.main(["export", "--weights", f"s3://{BUCKET}/nothing/here", "--format", "safetensors"]) == 2
+    assert f"--weights s3://{BUCKET}/nothing/here: no such file or run directory" in capsys.readouterr().err
+
+
+def test_tensorboard_events_are_readable_from_the_uri(cloud_run, endpoint_env):
+    run_dir = download_events(cloud_run["uri"])
+    events = scalars(run_dir / "tensorboard" / "srresnet")
+    assert [e.step for e in events.Scalars("loss/content")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in events.Scalars("val/psnr")] == [3, 6]
+    assert len(scalars(run_dir / "tensorboard" / "srgan").Scalars("loss/adversarial")) == 4
+
+
+def test_a_driver_rerun_reads_the_run_from_the_bucket(cloud_run, photos, endpoint_env, capsys):
+    cfg = tiny_config(photos, Path("unused"), "full", "srgan.lr=1e-12", "run.storage=s3://runs/shared")
+    # With --resume: both stages are finished there, so nothing is trained (and no Ray started).
+    summary = run_training(cfg, resume=True)
+    assert summary["stages"]["srgan"]["steps"] == 4
+    assert "Stage srgan: already finished, skipping (generator_srgan.safetensors)" in capsys.readouterr().out
+    # Without --resume: the bucket already holds this run (this machine's cache is empty).
+    with pytest.raises(RunError, match=r"already holds a run\. Pass --resume"):
+        run_training(cfg)
+
+
+# run_training with test hooks, in a process of its own (its own embedded Ray, whose workers get
+# this process's environment: the session's Ray started before the credentials were set).
+DRIVER = """
+import json, sys
+from srgan_dist.config import load_config
+from srgan_dist.driver import run_training
+summary = run_training(load_config("configs/demo.yaml", json.loads(sys.argv[1])), test_hooks=json.loads(sys.argv[2]))
+print("STAGES " + json.dumps(summary["stages"]))
+"""
+
+
+def driver_process(overrides: list[str], hooks: dict, cache: Path, ray_tmp: str) -> subprocess.Popen:
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+        "RAY_TMPDIR": ray_tmp,
+        "XDG_CACHE_HOME": str(cache),
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    command = [sys.executable, "-c", DRIVER, json.dumps(overrides), json.dumps(hooks)]
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def run_driver(overrides: list[str], hooks: dict, cache: Path) -> tuple[int, str, str]:
+    """Run the driver to its end: exit code, stdout, stderr."""
+    ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
+    try:
+        process = driver_process(overrides, hooks, cache, ray_tmp)
+        stdout, stderr = process.communicate(timeout=900)
+        return process.returncode, stdout, stderr
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_dying_worker_resumes_from_the_checkpoint_in_the_bucket(
+    s3_server, photos, tmp_path, endpoint_env, capsys
+):
+    marker = tmp_path / "died-once"
+    hooks = {"die": {"stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker)}}
+    storage_uri = s3_server.uri("faults")  # the endpoint in the URI this time
+    overrides = tiny_overrides(
+        photos, tmp_path, "restart", "train.stages=[srresnet]", "srresnet.checkpoint_interval=3",
+        f"run.storage={storage_uri}",
+    )  # fmt: skip
+    code, stdout, stderr = run_driver(overrides, hooks, tmp_path / "driver-cache")
+    assert code == 0, stdout[-4000:] + stderr[-4000:]
+
+    assert marker.exists()  # the worker really died
+    assert "[srresnet] resumed from checkpoint at step 3/6 on 2 worker(s)" in stdout
+    keys = s3_server.keys("faults/restart")
+    assert {
+        "restart-srresnet/step-00000003/manifest.json",
+        "restart-srresnet/step-00000006/manifest.json",
+    } <= keys
+    # Both attempts' TensorBoard events are in the bucket, each uploaded up to its last log step.
+    run_dir = download_events(storage.join(storage_uri, "restart"))
+    attempts = sorted(steps_per_event_file(run_dir / "tensorboard" / "srresnet", "loss/content"))
+    assert attempts == [[1, 2, 3, 4], [4, 5, 6]]
+
+    # A driver re-run with --resume, on a machine that has no copy of the run, finds the stage
+    # finished in the bucket.
+    cfg = tiny_config(photos, tmp_path, "restart", "train.stages=[srresnet]", f"run.storage={storage_uri}")
+    assert run_training(cfg, resume=True)["stages"]["srresnet"]["steps"] == 6
+    assert "Stage srresnet: already finished" in capsys.readouterr().out
+
+    # Ray's list of reported checkpoints lives at the run's root in the bucket; it is removed
+    # before a run starts (each stage prunes its own folder, so the list goes stale), and no
+    # checkpoint is touched.
+    assert "checkpoint_manager_snapshot.json" in s3_server.keys("faults/restart")
+    forget_ray_checkpoint_list(RunDir.at(storage.join(storage_uri, "restart")))
+    keys = s3_server.keys("faults/restart")
+    assert "checkpoint_manager_snapshot.json" not in keys
+    assert "restart-srresnet/step-00000006/manifest.json" in keys
+
+
+def test_storage_going_down_mid_run_stops_the_stage_and_keeps_the_last_checkpoint(
+    s3_server, photos, tmp_path
+):
+    storage_uri = s3_server.uri("outage")
+    overrides = tiny_overrides(
+        photos, tmp_path, "outage", "train.stages=[srresnet]", "train.max_failures=0",
+        "srresnet.iterations=400", "srresnet.checkpoint_interval=2", "srresnet.val_interval=1000",
+        f"run.storage={storage_uri}",
+    )  # fmt: skip
+    ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
+    process = driver_process(overrides, {}, tmp_path / "driver-cache", ray_tmp)
+    try:
+        deadline = time.monotonic() + 600
+        while "outage-srresnet/step-00000004/manifest.json" not in s3_server.keys("outage/outage"):
+            assert process.poll() is None, "".join(process.communicate())[-4000:]
+            assert time.monotonic() < deadline, "no checkpoint in the bucket after 600 s"
+            time.sleep(0.2)
+        with s3_server.down():
+            stdout, stderr = process.communicate(timeout=600)
+    finally:
+        process.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    # One clear stop: the stage, the worker, and which upload to which URI failed, and why.
+    assert process.returncode == 1, stdout[-3000:] + stderr[-3000:]
+    assert "RunError: stage srresnet failed (train.max_failures=0 restart(s) allowed)" in stderr
+    # Whichever upload meets the outage first (rank 0's TensorBoard events, Ray Train's checkpoint
+    # or its run snapshot) is named, with the storage's own words for what went wrong.
+    message = stderr[stderr.index("RunError: stage srresnet failed") :]
+    assert re.search(
+        r"(s3://runs/outage/outage/|key 'outage/outage/).*Could not connect to server", message
+    ), message
+    # The newest complete checkpoint in the bucket verifies and loads (a half-uploaded newer one
+    # has no manifest, or files that disagree with it, and is skipped).
+    point = ckpt.load_newest_good(storage.join(storage_uri, "outage", "outage-srresnet"), "srresnet")
+    assert point is not None and point.state["step"] >= 4
+
+
+def test_bad_storage_stops_the_run_before_any_worker_starts(s3_server, photos, tmp_path, monkeypatch):
+    def config(storage_uri: str):
+        return tiny_config(photos, tmp_path, "bad", f"run.storage={storage_uri}")
+
+    missing_bucket = s3_server.uri("runs", bucket="no-such-bucket")
+    with pytest.raises(
+        StorageError,
+        match=r"checking the bucket of s3://no-such-bucket/runs/bad\?.* bucket 'no-such-bucket' does not exist",
+    ):
+        run_training(config(missing_bucket))
+
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    server_down = f"s3://{BUCKET}/runs?endpoint_override=127.0.0.1:{closed_port}&scheme=http"
+    with pytest.raises(
+        StorageError, match=r"checking the bucket of s3://runs/runs/bad\?.* failed: .*connect"
+    ):
+        run_training(config(server_down))
+
+    # Wrong credentials: the server checks them (moto's IAM authentication, switched on here).
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGWRONGWRONG0")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with (
+        s3_server.authentication(),
+        pytest.raises(
+            StorageError,
+            match=r"s3://runs/creds/bad\?.* failed: .*ACCESS_DENIED.*\(check the credentials in the environment",
+        ),
+    ):
+        run_training(config(s3_server.uri("creds")))
+    assert not s3_server.keys("creds")  # nothing was written
+
+    # Credentials in the URI would be written into config.yaml: refused, naming the key.
+    with pytest.raises(ConfigError, match=r"run.storage: the URI carries credentials \(secret_key\)"):
+        config(s3_server.uri("runs") + "&secret_key=abc")
+
+
+def test_a_job_on_the_two_node_cluster_trains_into_the_bucket(two_node_cluster, s3_server, photos, tmp_path):
+    """``srgan-dist submit --storage s3://...``: the job's driver and its workers on both nodes
+    reach the bucket with the credentials the job is given (a real cluster's nodes have their own)."""
+    cfg = tiny_config(photos, tmp_path, "job", "train.stages=[srresnet]", "scaling.placement_strategy=SPREAD")
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    storage_uri = f"s3://{BUCKET}/cluster"
+    env = [
+        f"AWS_ENDPOINT_URL=http://{s3_server.endpoint}",
+        "AWS_ACCESS_KEY_ID=test",
+        "AWS_SECRET_ACCESS_KEY=test",
+    ]
+    result = two_node_cluster.cli(
+        "submit", "--config", str(config), "--name", "job", "--storage", storage_uri, "--workers", "2",
+        *(f"--env={pair}" for pair in env), "--env=AWS_DEFAULT_REGION=us-east-1", "--wait",
+        timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert f"run dir:      {storage_uri}/job" in result.stdout
+    assert "[srresnet] step 6/6 (100%)" in result.stdout
+    keys = s3_server.keys("cluster/job")
+    for key in (
+        "config.yaml",
+        "summary.json",
+        "train.log",
+        "generator_srresnet.safetensors",
+        "job-srresnet/step-00000006/manifest.json",
+    ):
+        assert key in keys, key
+    assert any(key.startswith("tensorboard/srresnet/events.out.tfevents.") for key in keys)
+    summary = json.loads(s3_server.read("cluster/job/summary.json"))
+    assert summary["stages"]["srresnet"]["workers"] == 2
