@@ -355,6 +355,17 @@ def test_a_dying_worker_resumes_from_the_checkpoint_in_the_bucket(
     assert "restart-srresnet/step-00000006/manifest.json" in keys
 
 
+def checkpoint_uploaded(server: S3Server, prefix: str) -> bool:
+    """True once the checkpoint folder at ``<bucket>/<prefix>`` holds its manifest and every file
+    the manifest lists."""
+    keys = server.keys(prefix)
+    if ckpt.MANIFEST_FILE not in keys:
+        return False
+    with server.filesystem().open_input_stream(f"{BUCKET}/{prefix}/{ckpt.MANIFEST_FILE}") as stream:
+        listed = json.loads(stream.read())["files"]
+    return set(listed) <= keys
+
+
 def test_storage_going_down_mid_run_stops_the_stage_and_keeps_the_last_checkpoint(
     s3_server, photos, tmp_path
 ):
@@ -368,9 +379,11 @@ def test_storage_going_down_mid_run_stops_the_stage_and_keeps_the_last_checkpoin
     process = driver_process(overrides, {}, tmp_path / "driver-cache", ray_tmp)
     try:
         deadline = time.monotonic() + 600
-        while "outage-srresnet/step-00000004/manifest.json" not in s3_server.keys("outage/outage"):
+        # Ray uploads a checkpoint's files in no fixed order (the manifest may land first), so
+        # wait until every file of step 4 is in the bucket: that checkpoint must survive.
+        while not checkpoint_uploaded(s3_server, "outage/outage/outage-srresnet/step-00000004"):
             assert process.poll() is None, "".join(process.communicate())[-4000:]
-            assert time.monotonic() < deadline, "no checkpoint in the bucket after 600 s"
+            assert time.monotonic() < deadline, "no complete checkpoint in the bucket after 600 s"
             time.sleep(0.2)
         with s3_server.down():
             stdout, stderr = process.communicate(timeout=600)
