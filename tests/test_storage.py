@@ -211,6 +211,11 @@ def test_a_two_stage_run_writes_its_whole_run_directory_to_the_bucket(s3_server,
         assert f"full-{stage}/step-{steps:08d}/manifest.json" in keys  # Ray Train's checkpoints
         assert f"full-{stage}/step-{steps:08d}/state.pt" in keys
     assert not any(key.endswith((".tmp", ".part", storage.WRITE_CHECK_FILE)) for key in keys), keys
+    for stage in ("srresnet", "srgan"):  # the console names where the generator really is
+        assert (
+            f"Stage {stage}: done, exported {cloud_run['uri']}/generator_{stage}.safetensors"
+            in cloud_run["stdout"]
+        )
 
     summary = json.loads(s3_server.read(f"{cloud_run['prefix']}/summary.json"))
     assert summary["run"] == {"name": "full", "run_dir": cloud_run["uri"]}

@@ -163,7 +163,7 @@ def train_stage(
             exported = trainer.export_generator()
             entry = stage_summary(cfg, stage, trainer.final_metrics(), time.perf_counter() - started)
             record_stage(run_dir, stage, entry)
-            console.info(f"Stage {stage}: done, exported {exported}")
+            console.info(f"Stage {stage}: done, exported {run_dir.location_of(exported)}")
     except Exception as error:
         raise WorkerFailed(
             f"stage {trainer.stage}, after step {trainer.step}: {type(error).__name__}: {error}"
