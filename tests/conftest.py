@@ -62,6 +62,20 @@ def training_photos(tmp_path_factory) -> dict[str, Path]:
     return {"train": root / "train", "val": root / "val"}
 
 
+def load_bench_script(name: str):
+    """``bench/<name>.py`` as a module (benches are scripts, not a package; they import
+    ``bench/_report.py`` as a sibling)."""
+    import importlib.util
+
+    folder = ROOT / "bench"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One embedded Ray for the whole session (starting Ray costs seconds; tests share it)."""

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("_report", ROOT / "bench" / "_report.py")
-_report = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_report)
+from conftest import load_bench_script
+
+_report = load_bench_script("_report")
 
 
 def test_a_section_is_replaced_in_place_and_others_are_left_alone(tmp_path: Path) -> None:

@@ -3,22 +3,13 @@ sorting of Ray's processes (no Ray, no training, nothing timed)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "train_scaling.py"
+from conftest import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(SCRIPT.parent))  # the script imports bench/_report.py as a sibling
-    spec = importlib.util.spec_from_file_location("train_scaling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("train_scaling")
 
 
 def ray_run(workers: int, step_s: float, cpu_per_step: list[float], cpu: dict, allreduce_ms=None) -> dict:
