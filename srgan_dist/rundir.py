@@ -119,13 +119,6 @@ class RunDir:
         if self.uri is not None:
             storage.delete(str(self.location_of(path)))
 
-    def rename(self, path: Path, new_path: Path) -> None:
-        """Rename a file (in cloud storage too)."""
-        if path.exists():
-            path.replace(new_path)
-        if self.uri is not None:
-            storage.move(str(self.location_of(path)), str(self.location_of(new_path)))
-
     def fresh_folder(self, path: Path) -> Path:
         """``path``, emptied first for a run in cloud storage: what an earlier run or attempt left
         in this machine's working copy is in the bucket already (or belongs to no run any more),

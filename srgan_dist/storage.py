@@ -132,15 +132,6 @@ def exists(uri: str) -> bool:
     return _info(uri).type != pyarrow.fs.FileType.NotFound
 
 
-def is_folder(location: str | Path) -> bool:
-    """A folder at a local path or (a prefix with objects under it) at a URI."""
-    import pyarrow.fs
-
-    if not is_uri(location):
-        return Path(location).is_dir()
-    return _info(str(location)).type == pyarrow.fs.FileType.Directory
-
-
 def list_folders(location: str | Path) -> list[str]:
     """Names of the sub-folders of a local folder or URI ([] when it does not exist)."""
     import pyarrow.fs
@@ -210,13 +201,6 @@ def delete_folder(location: str | Path) -> None:
     fs, path = open_uri(uri)
     with _operation("deleting the folder", uri):
         fs.delete_dir(path)
-
-
-def move(source: str, destination: str) -> None:
-    fs, source_path = open_uri(source)
-    _, destination_path = open_uri(destination)
-    with _operation(f"renaming to {destination}:", source):
-        fs.move(source_path, destination_path)
 
 
 @contextlib.contextmanager
