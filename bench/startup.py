@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -77,8 +78,30 @@ def timestamps(log: Path, iterations: int) -> list[float | None]:
     return result
 
 
-def one_run(workdir: Path, iterations: int, extra: list[str]) -> tuple[float, list[float | None], float]:
-    """Run launch.py once; return (start time, milestone times, process end time)."""
+def ray_processes(ray_tmp: Path, started: float) -> list[tuple[float, str]]:
+    """Ray's worker processes of the run, from its session logs: (seconds since launch, what ran
+    in it), oldest first. Each is a fresh Python interpreter; "idle" ones were prestarted by Ray
+    and never used."""
+    rows = []
+    for log in ray_tmp.glob("ray/session_2*/logs/python-core-worker-*.log"):
+        stamp = re.search(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})", log.read_text())
+        worker_id = re.search(r"python-core-worker-([0-9a-f]+)_", log.name)
+        if not (stamp and worker_id):
+            continue
+        began = dt.datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        what = "idle"
+        for out in log.parent.glob(f"worker-{worker_id.group(1)}-*.out"):
+            text = out.read_text()
+            actor = re.search(r":actor_name:(\S+)", text)
+            what = actor.group(1) if actor else ("task" if ":task_name:" in text else what)
+        rows.append((began - started, what))
+    return sorted(rows)
+
+
+def one_run(
+    workdir: Path, iterations: int, extra: list[str]
+) -> tuple[float, list[float | None], float, list]:
+    """Run launch.py once; return (start time, milestone times, process end time, Ray processes)."""
     from conftest import write_photos
     from test_training import tiny_overrides
 
@@ -101,7 +124,9 @@ def one_run(workdir: Path, iterations: int, extra: list[str]) -> tuple[float, li
         stdout=subprocess.DEVNULL,
     )
     ended = time.time()
-    return started, timestamps(workdir / "runs" / name / "train.log", iterations), ended
+    processes = ray_processes(ray_tmp, started)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    return started, timestamps(workdir / "runs" / name / "train.log", iterations), ended, processes
 
 
 def main() -> None:
@@ -122,7 +147,7 @@ def main() -> None:
     previous_label = "python launch.py started"
     for index, (label, _) in enumerate(MILESTONES):
         deltas, totals = [], []
-        for started, marks, _ in runs:
+        for started, marks, _, _ in runs:
             before = started if index == 0 else marks[index - 1]
             if marks[index] is not None and before is not None:
                 deltas.append(marks[index] - before)
@@ -137,13 +162,13 @@ def main() -> None:
         else:
             rows.append((f"{previous_label} → {label}", "n/a (milestone not in train.log)"))
         previous_label = label
-    first_step = [marks[FIRST_STEP] - started for started, marks, _ in runs if marks[FIRST_STEP]]
+    first_step = [marks[FIRST_STEP] - started for started, marks, _, _ in runs if marks[FIRST_STEP]]
     between = [
         marks[STAGE_2_FIRST_STEP] - marks[STAGE_1_EXPORTED]
-        for _, marks, _ in runs
+        for _, marks, _, _ in runs
         if marks[STAGE_2_FIRST_STEP] and marks[STAGE_1_EXPORTED]
     ]
-    total = [ended - started for started, _, ended in runs]
+    total = [ended - started for started, _, ended, _ in runs]
 
     width = max(len(label) for label, _ in rows)
     lines = [
@@ -161,6 +186,10 @@ def main() -> None:
         if between
         else "between stages: n/a",
         f"whole run (process exit): {statistics.median(total):.1f} s",
+        "",
+        "Ray worker processes of the first run (each a fresh interpreter: import ray, and for Ray",
+        "Train's actors ray.train, timed above; RayTrainWorker and TrainController import torch too):",
+        *(f"  started at {at:5.1f} s   {what}" for at, what in runs[0][3]),
     ]
     text = "\n".join(lines)
     print(text)

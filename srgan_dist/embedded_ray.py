@@ -29,7 +29,8 @@ LOOPBACK = "127.0.0.1"
 def init_embedded_ray(num_cpus: int, **init_kwargs: Any) -> Any:
     """``ray.init`` a new local Ray that listens on 127.0.0.1 only; returns its ``RayContext``.
 
-    ``init_kwargs`` go to ``ray.init`` as they are.
+    ``init_kwargs`` go to ``ray.init`` as they are. Also turns Ray Train's preemption watcher off
+    for this process's runs (``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0`` unless set).
     """
     import ray
     import ray._private.ray_constants as ray_constants
@@ -40,6 +41,10 @@ def init_embedded_ray(num_cpus: int, **init_kwargs: Any) -> Any:
             "RAY_AUTH_MODE=disabled: the embedded Ray runs without token authentication; any local "
             "user can submit work to it. Unset RAY_AUTH_MODE to keep it on."
         )
+    # No node of a one-machine Ray without an autoscaler is ever preempted, so Ray Train's
+    # PreemptionWatcher (one more actor process per run, started beside the workers) has nothing
+    # to watch. Ray Train passes this variable from the driver's environment to its controller.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     multi_host = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import write_photos
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from srgan_dist.config import load_config
 from srgan_dist.rundir import RunDir
 from srgan_dist.train import checkpoint as ckpt
 from srgan_dist.train.ema import GeneratorEMA, warmed_up_decay
+from srgan_dist.train.faults import FaultHooks
 from srgan_dist.train.trainer import Cadence, StageTrainer, generator_weights_to_export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +77,7 @@ def tiny_config(tmp_path: Path, *overrides: str):
     return load_config(ROOT / "configs" / "demo.yaml", base + list(overrides))
 
 
-def make_trainer(cfg, stage, photos, report, val=False) -> StageTrainer:
+def make_trainer(cfg, stage, photos, report, val=False, hooks=None) -> StageTrainer:
     return StageTrainer(
         cfg,
         stage,
@@ -86,6 +88,7 @@ def make_trainer(cfg, stage, photos, report, val=False) -> StageTrainer:
         train_files=photos["train"],
         val_files=photos["val"] if val else [],
         report=report,
+        hooks=hooks,
     )
 
 
@@ -243,3 +246,21 @@ def test_resume_takes_the_newest_good_checkpoint_of_the_stage(photos, tmp_path):
     assert resumed.resumed and resumed.step == 2
     assert resumed.damaged_note.startswith("skipped damaged checkpoint(s), resuming from step-00000002: ")
     assert f"{newest}: 100 bytes" in resumed.damaged_note and "\n" not in resumed.damaged_note
+
+
+def test_a_nonfinite_loss_can_be_skipped_and_counted(photos, tmp_path, capsys):
+    """``train.on_nonfinite=skip``: the NaN step's update is dropped, counted in TensorBoard
+    (``train/nonfinite_skips``) and said on the console, and the stage trains to its end.
+    (``error``, the default, and the driver's report of it: tests/test_training.py.)"""
+    cfg = tiny_config(tmp_path, "train.on_nonfinite=skip")
+    nan_at_3 = FaultHooks({"nan": {"stage": "srresnet", "step": 3}})
+    trainer = make_trainer(cfg, "srresnet", photos, Recorder(tmp_path / "ckpts"), hooks=nan_at_3)
+    trainer.restore(None, None)
+    trainer.run()
+
+    assert trainer.step == 6 and trainer.nonfinite_skips == 1
+    assert all(torch.isfinite(p).all() for p in trainer.trainables.generator.parameters())
+    assert "[srresnet] non-finite loss at step 3: update skipped (1 so far)" in capsys.readouterr().out
+    events = EventAccumulator(str(RunDir.of(cfg.run.storage, cfg.run.name).tensorboard("srresnet")))
+    events.Reload()
+    assert events.Scalars("train/nonfinite_skips")[-1].value == 1
