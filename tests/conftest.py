@@ -23,6 +23,38 @@ SCRIPT = ROOT / "cluster" / "local_cluster.sh"
 RAY_BIN = Path(sys.executable).parent / "ray"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def quick_ray_train_timings() -> None:
+    """Ray Train's controller takes a worker's report off a one-slot queue when it polls the
+    workers, every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s): a worker that reports again
+    before the next poll waits for it. The tests checkpoint every 2 steps of a few milliseconds,
+    so at the default most checkpoints wait up to 2 s (a 100-step test spent 92 s waiting); real
+    runs checkpoint every few hundred steps and never do. Set before any Ray starts (autouse,
+    session): every launch.py, job driver and cluster the tests start inherits it, and the driver
+    passes it on to the controller. (A fixture, not an import-time setting: the benchmarks import
+    this file for its photo helpers and must time Ray's defaults.)
+
+    Likewise RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S: right after a node is lost Ray still counts
+    its CPUs, so an elastic run first waits this long (default 60 s) for a placement group of the
+    old size before it restarts on fewer workers. It bounds only the wait for the placement group,
+    which takes well under a second here when the CPUs are free."""
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    """Groups for ``make test``'s parallel run (pytest-xdist ``--dist loadgroup``): every test of the
+    session's two-node cluster on one test worker (one cluster, one set of ports), and each other
+    module's slow tests on one worker (their module fixtures, such as one trained run, are set up
+    once). Unit tests go wherever a worker is free."""
+    for item in items:
+        if "two_node_cluster" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("two_node_cluster"))
+        elif item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 def make_photo(size: tuple[int, int], seed: int) -> np.ndarray:
     """A smooth, photo-like uint8 HxWx3 image: blurred noise plus a few soft-edged shapes.
 
@@ -76,16 +108,24 @@ def load_bench_script(name: str):
     return module
 
 
-@pytest.fixture(scope="session")
-def ray_local():
-    """One embedded Ray for the whole session (starting Ray costs seconds; tests share it)."""
+def start_embedded_ray():
+    """The tests' in-process embedded Ray (4 logical CPUs: two 2-worker runs fit side by side)."""
     import ray
 
     from srgan_dist.embedded_ray import init_embedded_ray
 
     if not ray.is_initialized():
         init_embedded_ray(num_cpus=4, log_to_driver=True)
-    yield ray
+    return ray
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray for the whole session (starting Ray costs seconds; tests share it).
+    test_gpu_wait connects this process to another Ray for a while and starts this one again."""
+    yield start_embedded_ray()
+    import ray
+
     ray.shutdown()
 
 

@@ -70,6 +70,49 @@ def test_two_stage_training_job_spreads_workers_over_both_nodes(cluster, photos,
     assert "srresnet" in json.dumps(summary) and "srgan" in json.dumps(summary)
 
 
+def test_elastic_training_continues_on_one_worker_when_a_node_goes_away(cluster, photos, tmp_path):  # noqa: F811
+    """`--workers 1-2`: Ray Train starts 2 workers; losing the second node resumes on 1 from a checkpoint.
+
+    Runs before the stop test below: a stopped job's controller never withdraws its resource
+    request from Ray's AutoscalingCoordinator, which an elastic run counts as taken until it
+    expires (180 s); an elastic job started in that time waits."""
+    storage = tmp_path / "runs"
+    config = write_config(
+        photos,
+        storage,
+        "elastic",
+        tmp_path / "elastic.yaml",
+        "train.stages=[srresnet]",
+        "train.max_failures=-1",  # failed starts while Ray notices the lost node count as failures
+        "srresnet.iterations=100000",
+        "srresnet.checkpoint_interval=10",
+        "srresnet.log_interval=10",
+        "srresnet.val_interval=100000",
+    )
+    submitted = cluster.cli(
+        "submit", "--config", str(config), "--name", "elastic", "--storage", str(storage), "--workers", "1-2"
+    )
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    job_id = re.search(r"Submitted job (\S+)", submitted.stdout).group(1)
+    log = cluster.follow(job_id)  # `srgan-dist logs --follow`
+    try:
+        log.wait_for(r"\[srresnet\] starting on 2 worker\(s\)", timeout=300)
+        log.wait_for(r"\[srresnet\] step 20/", timeout=300)
+        lost = cluster.script("down-worker")
+        assert lost.returncode == 0, lost.stderr
+        resumed = log.wait_for(
+            r"\[srresnet\] resumed from checkpoint at step (\d+)/\d+ on 1 worker\(s\)", timeout=600
+        )
+        step = int(resumed.group(1))
+        assert step >= 10  # from a checkpoint, not from scratch
+        log.wait_for(rf"\[srresnet\] step {step + 10}/", timeout=300)  # and it trains on
+        assert not [noise for noise in RAY_NOISE if noise in log.text]
+    finally:
+        log.close()
+        cluster.cli("stop", job_id, "--no-wait")
+        cluster.script("up-worker")
+
+
 def test_stopped_job_resumes_from_its_checkpoint_with_another_worker_count(cluster, photos, tmp_path):  # noqa: F811
     storage = tmp_path / "runs"
     config = write_config(
@@ -115,42 +158,3 @@ def test_stopped_job_resumes_from_its_checkpoint_with_another_worker_count(clust
     assert len(attempts) >= 2
     assert attempts[-1][0] > 1  # the resubmitted job started after the checkpointed step
     assert (storage / "resume" / "generator_srgan.safetensors").is_file()
-
-
-def test_elastic_training_continues_on_one_worker_when_a_node_goes_away(cluster, photos, tmp_path):  # noqa: F811
-    """`--workers 1-2`: Ray Train starts 2 workers; losing the second node resumes on 1 from a checkpoint."""
-    storage = tmp_path / "runs"
-    config = write_config(
-        photos,
-        storage,
-        "elastic",
-        tmp_path / "elastic.yaml",
-        "train.stages=[srresnet]",
-        "train.max_failures=-1",  # failed starts while Ray notices the lost node count as failures
-        "srresnet.iterations=100000",
-        "srresnet.checkpoint_interval=10",
-        "srresnet.log_interval=10",
-        "srresnet.val_interval=100000",
-    )
-    submitted = cluster.cli(
-        "submit", "--config", str(config), "--name", "elastic", "--storage", str(storage), "--workers", "1-2"
-    )
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    job_id = re.search(r"Submitted job (\S+)", submitted.stdout).group(1)
-    log = cluster.follow(job_id)  # `srgan-dist logs --follow`
-    try:
-        log.wait_for(r"\[srresnet\] starting on 2 worker\(s\)", timeout=300)
-        log.wait_for(r"\[srresnet\] step 20/", timeout=300)
-        lost = cluster.script("down-worker")
-        assert lost.returncode == 0, lost.stderr
-        resumed = log.wait_for(
-            r"\[srresnet\] resumed from checkpoint at step (\d+)/\d+ on 1 worker\(s\)", timeout=600
-        )
-        step = int(resumed.group(1))
-        assert step >= 10  # from a checkpoint, not from scratch
-        log.wait_for(rf"\[srresnet\] step {step + 10}/", timeout=300)  # and it trains on
-        assert not [noise for noise in RAY_NOISE if noise in log.text]
-    finally:
-        log.close()
-        cluster.cli("stop", job_id, "--no-wait")
-        cluster.script("up-worker")

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from conftest import start_embedded_ray
 
 from srgan_dist.config import load_config
 from srgan_dist.driver import RunError, decide_gpu
@@ -23,11 +24,18 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    # One Ray per process: the session's embedded Ray (conftest.ray_local), if this test worker
+    # started it, gives way to the fake cluster and comes back after this module.
+    embedded = ray.is_initialized()
+    if embedded:
+        ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
     ray.init(address=cluster.address)
     yield cluster
     ray.shutdown()
     cluster.shutdown()
+    if embedded:
+        start_embedded_ray()
 
 
 def gpu_config(*overrides: str):
