@@ -141,15 +141,25 @@ def check_vgg(cfg: Config) -> str:
 # Ray
 
 
+def ray_address(address: str | None) -> tuple[str | None, str]:
+    """The Ray address training joins (``--address``, else ``RAY_ADDRESS``) and where it came from."""
+    if address:
+        return address, "--address"
+    env = os.environ.get("RAY_ADDRESS")
+    return env or None, "RAY_ADDRESS"
+
+
 def connect_ray(address: str | None, num_workers: int, cpus_per_worker: float) -> None:
-    """Join ``address`` (or ``RAY_ADDRESS``), else start an embedded Ray: 127.0.0.1 only, token auth on."""
+    """Join ``address`` (or ``RAY_ADDRESS``), else start an embedded Ray: 127.0.0.1 only, token auth on.
+
+    A process that already called ``ray.init`` (a notebook, the tests) trains on that Ray;
+    ``check_ray_address`` has refused an address that names another cluster before this."""
     import ray
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address, _ = ray_address(address)
     if address:
-        check_ray_address(address, "--address" if address != os.environ.get("RAY_ADDRESS") else "RAY_ADDRESS")
         ray.init(address=address, log_to_driver=True)
         say(f"Connected to Ray cluster at {address}")
         return
@@ -161,10 +171,17 @@ def connect_ray(address: str | None, num_workers: int, cpus_per_worker: float) -
     say(f"Started an embedded local Ray instance ({num_cpus} CPUs, 127.0.0.1)")
 
 
-def check_ray_address(address: str, source: str) -> None:
-    """Refuse, in one line and within seconds, an address training cannot join (pre-flight)."""
+def check_ray_address(address: str | None) -> None:
+    """Refuse, in one line and within seconds, an address training cannot join (pre-flight):
+    a job-server URL, a host:port where no Ray answers, or another cluster than the one this
+    process is already connected to (Ray keeps one connection per process)."""
+    import ray
+
     from srgan_dist.jobs import gcs_unreachable
 
+    address, source = ray_address(address)
+    if not address:
+        return
     if is_uri(address) and not address.startswith("ray://"):
         raise RunError(
             f"{source}={address} is a URL: that is the job server, which `srgan-dist submit` takes. "
@@ -177,6 +194,29 @@ def check_ray_address(address: str, source: str) -> None:
             f"{source}={address}: no Ray cluster answers there ({problem}). Start one (ray start --head, "
             "cluster/local_cluster.sh up) or fix the address; nothing was started or written"
         )
+    if ray.is_initialized() and address != "auto":
+        connected = ray.get_runtime_context().gcs_address
+        if same_host_port(address, connected):
+            return
+        raise RunError(
+            f"{source}={address}: this process is already connected to the Ray cluster at {connected} "
+            "(ray.init was called before training) and Ray joins one cluster per process. "
+            "Call ray.shutdown() first, or train without an address on the cluster already joined"
+        )
+
+
+def same_host_port(a: str, b: str) -> bool:
+    """Whether two ``host:port`` addresses name the same endpoint (host names resolved)."""
+    import contextlib
+    import socket
+
+    def endpoint(address: str) -> tuple[str, str]:
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        with contextlib.suppress(OSError):  # unresolvable: compared as written
+            host = socket.gethostbyname(host)
+        return host, port
+
+    return endpoint(a) == endpoint(b)
 
 
 def decide_gpu(cfg: Config) -> bool:
@@ -428,6 +468,7 @@ def run_training(
     check_run_directory(cfg, run_dir, resume)
     train_files, val_files = scan_data(cfg, run_dir)
     workers_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vgg_weights=check_vgg(cfg)))
+    check_ray_address(address)
 
     run_dir.root.mkdir(parents=True, exist_ok=True)  # for train.log; config.yaml comes once Ray is up
     try:

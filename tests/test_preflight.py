@@ -265,7 +265,9 @@ def test_submit_to_a_closed_gcs_port_fails_fast_in_one_line(tmp_path, capsys, mo
 # Joining a Ray cluster is part of pre-flight: a bounded wait and one line, nothing written
 
 
-def test_a_job_server_url_as_ray_address_is_refused_in_one_line(photos, tmp_path, monkeypatch, capsys):
+def test_a_job_server_url_as_ray_address_is_refused_in_one_line(
+    photos, tmp_path, monkeypatch, capsys, no_ray
+):
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
     assert main(train_argv(photos, tmp_path, "--name", "url")) == 2
     line = one_line_error(capsys.readouterr().err, "RAY_ADDRESS=http://127.0.0.1:8265", "job server")
@@ -273,7 +275,7 @@ def test_a_job_server_url_as_ray_address_is_refused_in_one_line(photos, tmp_path
     assert not (tmp_path / "url" / "config.yaml").exists()
 
 
-def test_a_closed_gcs_port_fails_within_seconds_without_a_half_made_run(photos, tmp_path, capsys):
+def test_a_closed_gcs_port_fails_within_seconds_without_a_half_made_run(photos, tmp_path, capsys, no_ray):
     import time
 
     started = time.monotonic()
@@ -281,3 +283,33 @@ def test_a_closed_gcs_port_fails_within_seconds_without_a_half_made_run(photos, 
     assert time.monotonic() - started < 60  # Ray alone waits without a limit here
     one_line_error(capsys.readouterr().err, "--address=127.0.0.1:1", "no Ray cluster answers")
     assert not (tmp_path / "closed" / "config.yaml").exists()
+
+
+def test_an_address_of_another_cluster_than_the_process_joined_is_refused(
+    photos, tmp_path, monkeypatch, capsys, no_ray
+):
+    """A process that already called ``ray.init`` (a notebook, a test) stays on that Ray: an
+    address naming another cluster is refused rather than silently ignored."""
+    import socket
+    import types
+
+    import ray
+
+    joined = socket.create_server(("127.0.0.1", 0))  # "another cluster": something that answers
+    other = socket.create_server(("127.0.0.1", 0))
+    with joined, other:
+        joined_address = f"127.0.0.1:{joined.getsockname()[1]}"
+        other_address = f"127.0.0.1:{other.getsockname()[1]}"
+        monkeypatch.setattr(ray, "is_initialized", lambda: True)
+        context = types.SimpleNamespace(gcs_address=joined_address)
+        monkeypatch.setattr(ray, "get_runtime_context", lambda: context)
+
+        assert main(train_argv(photos, tmp_path, "--name", "other", "--address", other_address)) == 2
+        line = one_line_error(capsys.readouterr().err, f"--address={other_address}", joined_address)
+        assert "ray.shutdown()" in line
+        assert not (tmp_path / "other" / "config.yaml").exists()
+
+        # The cluster already joined, by name or by address, goes on to connect (the stub here).
+        for same in (joined_address, f"localhost:{joined.getsockname()[1]}", "auto"):
+            with pytest.raises(RayWasAsked):
+                main(train_argv(photos, tmp_path, "--name", "same", "--address", same))
