@@ -1,8 +1,8 @@
 """Resuming past damaged or deleted checkpoints on the embedded Ray (2 CPU workers, tiny model).
 
-One interrupted run (srresnet, checkpoints at steps 2 and 4, a worker killed at step 5 with no
-restart allowed) is made once per module; each test resumes its own copy after damaging it the
-way a user or a crash would. A run directory copies cleanly: checkpoints are found by their
+One interrupted run (srresnet, 8 steps, checkpoints at steps 2, 4 and 6, a worker killed at step
+7 with no restart allowed) is made once per module; each test resumes its own copy after damaging
+it the way a user or a crash would. A run directory copies cleanly: checkpoints are found by their
 folders, and Ray Train's list of them is dropped before each run (``driver.forget_ray_checkpoint_list``).
 """
 
@@ -26,8 +26,9 @@ DAMAGE_LINE = "skipped damaged checkpoint(s), resuming from step-00000002"
 
 def config(photos, storage: Path, *overrides: str):
     return tiny_config(
-        photos, storage, NAME, "train.stages=[srresnet]", "srresnet.checkpoint_interval=2", *overrides
-    )
+        photos, storage, NAME, "train.stages=[srresnet]", "srresnet.checkpoint_interval=2",
+        "srresnet.iterations=8", "srresnet.num_to_keep=3", *overrides,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +38,14 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def interrupted_run(ray_local, photos, tmp_path_factory) -> Path:
-    """A run stopped after step 5, with good checkpoints at steps 2 and 4."""
+    """A run stopped after step 7, with good checkpoints at steps 2, 4 and 6."""
     storage = tmp_path_factory.mktemp("interrupted")
     marker = storage / "died-once"
-    hooks = {"die": {"stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker)}}
+    hooks = {"die": {"stage": "srresnet", "step": 7, "rank": 1, "marker": str(marker)}}
     with pytest.raises(Exception, match=r"(?i)fail|error"):
         run_training(config(photos, storage, "train.max_failures=0"), test_hooks=hooks)
     stage_dir = storage / NAME / f"{NAME}-srresnet"
-    assert sorted(p.name for p in stage_dir.glob("step-*")) == ["step-00000002", "step-00000004"]
+    assert sorted(p.name for p in stage_dir.glob("step-*")) == [f"step-0000000{s}" for s in (2, 4, 6)]
     return storage / NAME
 
 
@@ -64,34 +65,29 @@ def lines_with(capfd, text: str, timeout_s: float = 20.0) -> list[str]:
         time.sleep(0.5)
 
 
-def test_truncated_newest_checkpoint_resumes_from_the_previous_one(photos, interrupted_run, tmp_path, capfd):
+def test_a_deleted_newest_folder_and_a_truncated_next_one_resume_from_the_good_one(
+    photos, interrupted_run, tmp_path, capfd
+):
+    """The newest checkpoint folder deleted (Ray Train's own list still names it) and the one
+    before it truncated: the run resumes from the newest good one, step 2, and says why, once."""
     stage_dir = copy_of(interrupted_run, tmp_path)
+    shutil.rmtree(stage_dir / "step-00000006")
+    ray_list = tmp_path / NAME / "checkpoint_manager_snapshot.json"
+    assert "step-00000006" in ray_list.read_text()  # Ray Train's list still names it
     state = stage_dir / "step-00000004" / "state.pt"
     os.truncate(state, state.stat().st_size // 2)
 
-    summary = run_training(config(photos, tmp_path), resume=True)
+    summary = run_training(config(photos, tmp_path, "srresnet.num_to_keep=2"), resume=True)
 
-    assert summary["stages"]["srresnet"]["steps"] == 6
+    assert summary["stages"]["srresnet"]["steps"] == 8
     attempts = steps_per_event_file(tmp_path / NAME / "tensorboard" / "srresnet", "loss/content")
-    assert attempts[-1] == [3, 4, 5, 6]  # from step 2, not from the damaged step 4
+    assert attempts[-1] == [3, 4, 5, 6, 7, 8]  # from step 2: not the deleted 6, not the damaged 4
     damage = lines_with(capfd, DAMAGE_LINE)
     assert len(damage) == 1 and f"{state}: " in damage[0] and "truncated" in damage[0]
-
-
-def test_deleted_newest_folder_resumes_from_the_previous_one(photos, interrupted_run, tmp_path, capfd):
-    stage_dir = copy_of(interrupted_run, tmp_path)
-    shutil.rmtree(stage_dir / "step-00000004")
-    ray_list = tmp_path / NAME / "checkpoint_manager_snapshot.json"
-    assert "step-00000004" in ray_list.read_text()  # Ray Train's list still names it
-
-    summary = run_training(config(photos, tmp_path), resume=True)
-
-    assert summary["stages"]["srresnet"]["steps"] == 6
-    attempts = steps_per_event_file(tmp_path / NAME / "tensorboard" / "srresnet", "loss/content")
-    assert attempts[-1] == [3, 4, 5, 6]
-    assert "step-00000002" not in ray_list.read_text()  # a fresh list: the one naming step 4 is gone
-    # srresnet.num_to_keep=2 still holds: step 2 was pruned once steps 4 and 6 were written again.
-    assert sorted(p.name for p in stage_dir.glob("step-*")) == ["step-00000004", "step-00000006"]
+    assert "step-00000006" not in damage[0]  # a deleted folder is not a damaged checkpoint
+    assert "step-00000002" not in ray_list.read_text()  # a fresh list: the one naming step 6 is gone
+    # srresnet.num_to_keep=2 holds: steps 6 and 8 are the newest, the rewritten 4 and step 2 pruned.
+    assert sorted(p.name for p in stage_dir.glob("step-*")) == ["step-00000006", "step-00000008"]
 
 
 def test_checkpoint_damaged_while_a_worker_dies_restarts_from_the_good_one(
@@ -103,7 +99,9 @@ def test_checkpoint_damaged_while_a_worker_dies_restarts_from_the_good_one(
         "die": {"stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker), "truncate": str(newest)}
     }
 
-    summary = run_training(config(photos, tmp_path, "train.max_failures=1"), test_hooks=hooks)
+    summary = run_training(
+        config(photos, tmp_path, "train.max_failures=1", "srresnet.iterations=6"), test_hooks=hooks
+    )
 
     assert marker.exists()  # the worker really died
     assert summary["stages"]["srresnet"]["steps"] == 6
@@ -114,7 +112,7 @@ def test_checkpoint_damaged_while_a_worker_dies_restarts_from_the_good_one(
 
 def test_no_good_checkpoint_fails_at_once_without_restarts(photos, interrupted_run, tmp_path):
     stage_dir = copy_of(interrupted_run, tmp_path)
-    for step in (2, 4):
+    for step in (2, 4, 6):
         os.truncate(stage_dir / f"step-0000000{step}" / "state.pt", 100)
 
     started = time.perf_counter()
@@ -124,8 +122,9 @@ def test_no_good_checkpoint_fails_at_once_without_restarts(photos, interrupted_r
 
     message = str(error.value)
     assert message.startswith("stage srresnet cannot start: no usable checkpoint in ")
-    assert "step-00000004/state.pt: 100 bytes" in message and "step-00000002/state.pt: 100 bytes" in message
+    for step in (2, 4, 6):
+        assert f"step-0000000{step}/state.pt: 100 bytes" in message
     assert "\n" not in message and "weights_only" not in message
-    assert sorted(p.name for p in stage_dir.glob("step-*")) == ["step-00000002", "step-00000004"]
+    assert sorted(p.name for p in stage_dir.glob("step-*")) == [f"step-0000000{s}" for s in (2, 4, 6)]
     # No worker got as far as training: only the interrupted run's attempt is in TensorBoard.
     assert len(steps_per_event_file(tmp_path / NAME / "tensorboard" / "srresnet", "loss/content")) == 1
