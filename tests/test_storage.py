@@ -1,11 +1,11 @@
 """Runs in cloud storage, against a real S3-compatible server on 127.0.0.1 (moto's server, in this
 process, over HTTP; pyarrow talks to it as to any S3 endpoint).
 
-One two-stage run (``python launch.py``, its own embedded Ray, 2 workers) writes to
-``s3://runs/...`` with the endpoint from ``AWS_ENDPOINT_URL``; the tests that only read it share
-it. The fault tests run in-process on the session's Ray and name the endpoint in the URI
-(``?endpoint_override=...&scheme=http``), since the session's Ray workers do not see environment
-variables set after they started.
+One two-stage run (a driver process with its own embedded Ray, 2 workers, one of which dies once)
+writes to ``s3://runs/...`` with the endpoint from ``AWS_ENDPOINT_URL``; the tests that only read
+it share it. The storage-outage test names the endpoint in the URI
+(``?endpoint_override=...&scheme=http``) instead, and the bad-storage test runs in this process:
+the session's Ray workers do not see environment variables set after they started.
 """
 
 from __future__ import annotations
@@ -161,28 +161,27 @@ def own_cache(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture(scope="module")
 def cloud_run(s3_server, photos, tmp_path_factory) -> dict:
-    """``python launch.py`` with both stages on 2 workers, storage ``s3://runs/shared`` and the
-    endpoint and credentials in the environment, as a user on AWS or MinIO sets them."""
+    """Both stages on 2 workers, storage ``s3://runs/shared`` and the endpoint and credentials in
+    the environment, as a user on AWS or MinIO sets them; the driver in a process of its own (its
+    own embedded Ray). A worker dies once at srresnet step 5: Ray Train restarts the group from the
+    step-3 checkpoint in the bucket."""
     storage_uri = f"s3://{BUCKET}/shared"
-    overrides = tiny_overrides(photos, Path("unused"), "full", "srgan.lr=1e-12")
+    marker = tmp_path_factory.mktemp("died") / "died-once"
+    hooks = {"die": {"stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker)}}
+    overrides = tiny_overrides(
+        photos, Path("unused"), "full", "srgan.lr=1e-12", "srresnet.checkpoint_interval=3"
+    )
     overrides = [o for o in overrides if not o.startswith("run.storage=")] + [f"run.storage={storage_uri}"]
-    ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
     env = {
-        **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-        "RAY_TMPDIR": ray_tmp,
         "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("launch-cache")),
         "AWS_ENDPOINT_URL": f"http://{s3_server.endpoint}",
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": SECRET,
-        "AWS_DEFAULT_REGION": "us-east-1",
     }
-    command = [sys.executable, "launch.py", "--config", "configs/demo.yaml", *overrides]
-    try:
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return {"uri": f"{storage_uri}/full", "prefix": "shared/full", "stdout": result.stdout, "env": env}
+    code, stdout, stderr = run_driver(overrides, hooks, env)
+    assert code == 0, stdout[-4000:] + stderr[-4000:]
+    assert marker.exists()  # the worker really died
+    return {"uri": f"{storage_uri}/full", "prefix": "shared/full", "stdout": stdout, "env": env}
 
 
 @pytest.fixture
@@ -283,7 +282,7 @@ def test_a_driver_rerun_reads_the_run_from_the_bucket(cloud_run, photos, endpoin
 
 
 # run_training with test hooks, in a process of its own (its own embedded Ray, whose workers get
-# this process's environment: the session's Ray started before the credentials were set).
+# that process's environment: the session's Ray started before the credentials were set).
 DRIVER = """
 import json, sys
 from srgan_dist.config import load_config
@@ -293,14 +292,13 @@ print("STAGES " + json.dumps(summary["stages"]))
 """
 
 
-def driver_process(overrides: list[str], hooks: dict, cache: Path, ray_tmp: str) -> subprocess.Popen:
+def driver_process(overrides: list[str], hooks: dict, env: dict[str, str], ray_tmp: str) -> subprocess.Popen:
+    """The driver with ``env`` (``XDG_CACHE_HOME`` and the credentials) over this environment."""
     env = {
         **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
         "RAY_TMPDIR": ray_tmp,
-        "XDG_CACHE_HOME": str(cache),
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
+        **env,
     }
     command = [sys.executable, "-c", DRIVER, json.dumps(overrides), json.dumps(hooks)]
     return subprocess.Popen(
@@ -308,56 +306,34 @@ def driver_process(overrides: list[str], hooks: dict, cache: Path, ray_tmp: str)
     )
 
 
-def run_driver(overrides: list[str], hooks: dict, cache: Path) -> tuple[int, str, str]:
+def run_driver(overrides: list[str], hooks: dict, env: dict[str, str]) -> tuple[int, str, str]:
     """Run the driver to its end: exit code, stdout, stderr."""
     ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
     try:
-        process = driver_process(overrides, hooks, cache, ray_tmp)
+        process = driver_process(overrides, hooks, env, ray_tmp)
         stdout, stderr = process.communicate(timeout=900)
         return process.returncode, stdout, stderr
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
-def test_a_dying_worker_resumes_from_the_checkpoint_in_the_bucket(
-    s3_server, photos, tmp_path, endpoint_env, capsys
-):
-    marker = tmp_path / "died-once"
-    hooks = {"die": {"stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker)}}
-    storage_uri = s3_server.uri("faults")  # the endpoint in the URI this time
-    overrides = tiny_overrides(
-        photos, tmp_path, "restart", "train.stages=[srresnet]", "srresnet.checkpoint_interval=3",
-        f"run.storage={storage_uri}",
-    )  # fmt: skip
-    code, stdout, stderr = run_driver(overrides, hooks, tmp_path / "driver-cache")
-    assert code == 0, stdout[-4000:] + stderr[-4000:]
-
-    assert marker.exists()  # the worker really died
-    assert "[srresnet] resumed from checkpoint at step 3/6 on 2 worker(s)" in stdout
-    keys = s3_server.keys("faults/restart")
-    assert {
-        "restart-srresnet/step-00000003/manifest.json",
-        "restart-srresnet/step-00000006/manifest.json",
-    } <= keys
+def test_a_dying_worker_resumed_from_the_checkpoint_in_the_bucket(s3_server, cloud_run, endpoint_env):
+    assert "[srresnet] resumed from checkpoint at step 3/6 on 2 worker(s)" in cloud_run["stdout"]
+    keys = s3_server.keys(cloud_run["prefix"])
+    assert {"full-srresnet/step-00000003/manifest.json", "full-srresnet/step-00000006/manifest.json"} <= keys
     # Both attempts' TensorBoard events are in the bucket, each uploaded up to its last log step.
-    run_dir = download_events(storage.join(storage_uri, "restart"))
+    run_dir = download_events(cloud_run["uri"])
     attempts = sorted(steps_per_event_file(run_dir / "tensorboard" / "srresnet", "loss/content"))
     assert attempts == [[1, 2, 3, 4], [4, 5, 6]]
-
-    # A driver re-run with --resume, on a machine that has no copy of the run, finds the stage
-    # finished in the bucket.
-    cfg = tiny_config(photos, tmp_path, "restart", "train.stages=[srresnet]", f"run.storage={storage_uri}")
-    assert run_training(cfg, resume=True)["stages"]["srresnet"]["steps"] == 6
-    assert "Stage srresnet: already finished" in capsys.readouterr().out
 
     # Ray's list of reported checkpoints lives at the run's root in the bucket; it is removed
     # before a run starts (each stage prunes its own folder, so the list goes stale), and no
     # checkpoint is touched.
-    assert "checkpoint_manager_snapshot.json" in s3_server.keys("faults/restart")
-    forget_ray_checkpoint_list(RunDir.at(storage.join(storage_uri, "restart")))
-    keys = s3_server.keys("faults/restart")
+    assert "checkpoint_manager_snapshot.json" in keys
+    forget_ray_checkpoint_list(RunDir.at(cloud_run["uri"]))
+    keys = s3_server.keys(cloud_run["prefix"])
     assert "checkpoint_manager_snapshot.json" not in keys
-    assert "restart-srresnet/step-00000006/manifest.json" in keys
+    assert "full-srresnet/step-00000006/manifest.json" in keys
 
 
 def checkpoint_uploaded(server: S3Server, prefix: str) -> bool:
@@ -376,7 +352,12 @@ def test_storage_going_down_mid_run_stops_the_stage_and_keeps_the_last_checkpoin
         f"run.storage={storage_uri}",
     )  # fmt: skip
     ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
-    process = driver_process(overrides, {}, tmp_path / "driver-cache", ray_tmp)
+    env = {
+        "XDG_CACHE_HOME": str(tmp_path / "driver-cache"),
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+    }
+    process = driver_process(overrides, {}, env, ray_tmp)
     try:
         deadline = time.monotonic() + 600
         # Ray uploads a checkpoint's files in no fixed order (the manifest may land first), so
