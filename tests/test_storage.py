@@ -30,7 +30,7 @@ import pyarrow.fs
 import pytest
 import yaml
 from conftest import training_photos
-from test_training import ROOT, scalars, steps_per_event_file, tiny_config, tiny_overrides
+from test_training import RAY_NOISE, ROOT, scalars, steps_per_event_file, tiny_config, tiny_overrides
 
 from srgan_dist import cli, jobs, storage
 from srgan_dist.commands.tensorboard import download_events
@@ -425,10 +425,13 @@ def test_bad_storage_stops_the_run_before_any_worker_starts(s3_server, photos, t
         config(s3_server.uri("runs") + "&secret_key=abc")
 
 
-def test_a_job_on_the_two_node_cluster_trains_into_the_bucket(two_node_cluster, s3_server, photos, tmp_path):
-    """``srgan-dist submit --storage s3://...``: the job's driver and its workers on both nodes
-    reach the bucket with the credentials the job is given (a real cluster's nodes have their own)."""
-    cfg = tiny_config(photos, tmp_path, "job", "train.stages=[srresnet]", "scaling.placement_strategy=SPREAD")
+def test_a_two_stage_job_spreads_over_both_nodes_and_trains_into_the_bucket(
+    two_node_cluster, s3_server, photos, tmp_path
+):
+    """``srgan-dist submit --storage s3://... --workers 2 --wait`` with SPREAD placement: a worker on
+    each node; the job's driver and its workers reach the bucket with the credentials the job is
+    given (a real cluster's nodes have their own); the followed log is the driver's console."""
+    cfg = tiny_config(photos, tmp_path, "job", "scaling.placement_strategy=SPREAD")
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     storage_uri = f"s3://{BUCKET}/cluster"
@@ -444,16 +447,26 @@ def test_a_job_on_the_two_node_cluster_trains_into_the_bucket(two_node_cluster, 
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert f"run dir:      {storage_uri}/job" in result.stdout
-    assert "[srresnet] step 6/6 (100%)" in result.stdout
+    assert f"srgan-dist tensorboard {storage_uri}/job" in result.stdout
+    # The followed job log is the driver's console: progress, no Ray chatter; that is in train.log.
+    assert "[srresnet] step 6/6 (100%)" in result.stdout and "[srgan] step 4/4 (100%)" in result.stdout
+    assert "Validation PSNR / SSIM" in result.stdout
+    assert not [noise for noise in RAY_NOISE if noise in result.stdout]
+    assert "Reporting training result" in s3_server.read("cluster/job/train.log").decode()
+    assert len(two_node_cluster.actor_nodes("RayTrainWorker")) == 2  # SPREAD: a worker on each node
+
     keys = s3_server.keys("cluster/job")
     for key in (
         "config.yaml",
         "summary.json",
         "train.log",
         "generator_srresnet.safetensors",
+        "generator_srgan.safetensors",
         "job-srresnet/step-00000006/manifest.json",
+        "job-srgan/step-00000004/manifest.json",
     ):
         assert key in keys, key
-    assert any(key.startswith("tensorboard/srresnet/events.out.tfevents.") for key in keys)
+    for stage in ("srresnet", "srgan"):
+        assert any(key.startswith(f"tensorboard/{stage}/events.out.tfevents.") for key in keys), stage
     summary = json.loads(s3_server.read("cluster/job/summary.json"))
-    assert summary["stages"]["srresnet"]["workers"] == 2
+    assert summary["stages"]["srresnet"]["workers"] == 2 and summary["stages"]["srgan"]["steps"] == 4
