@@ -261,50 +261,41 @@ def test_one_worker_group_trains_both_stages_and_no_preemption_watcher_runs(full
     assert "PreemptionWatcher" not in processes
 
 
-def test_a_worker_dying_in_stage_2_restarts_the_group_in_stage_2(ray_local, photos, tmp_path, capsys):
-    marker = tmp_path / "died-once"
-    hooks = {"die": {"stage": "srgan", "step": 5, "rank": 1, "marker": str(marker)}}
-    cfg = tiny_config(
-        photos,
-        tmp_path,
-        "restart",
-        "srresnet.iterations=2",
-        "srgan.iterations=6",
-        "srgan.checkpoint_interval=3",
-    )
-    summary = run_training(cfg, test_hooks=hooks)
-
-    assert marker.exists()  # the worker really died
-    assert summary["stages"]["srresnet"]["steps"] == 2 and summary["stages"]["srgan"]["steps"] == 6
-    # Stage 1 was trained once: the restarted group skipped it (its generator and summary entry).
-    tensorboard = tmp_path / "restart" / "tensorboard"
-    assert steps_per_event_file(tensorboard / "srresnet", "loss/content") == [[1, 2]]
-    attempts = steps_per_event_file(tensorboard / "srgan", "loss/total")
-    assert len(attempts) == 2
-    assert attempts[0] == [1, 2, 3, 4]  # died during step 5, before logging it
-    assert attempts[1] == [4, 5, 6]  # resumed from the step-3 checkpoint: one interval repeated at most
-    # TensorBoard's purge makes the curve continuous: one value per step, no rewound stretch.
-    assert [e.step for e in scalars(tensorboard / "srgan").Scalars("loss/total")] == [1, 2, 3, 4, 5, 6]
-    # The console (in-process, quiet) says so and leaves Ray's restart chatter to the log file.
-    out = capsys.readouterr().out
-    assert "[srgan] resumed from checkpoint at step 3/6 on 2 worker(s)" in out
-    assert out.count("Stage srresnet: done, exported") == 1
-    assert not [noise for noise in RAY_NOISE if noise in out]
-
-
-def test_a_failing_worker_is_reported_first_and_a_rerun_resumes_on_fewer_workers(
+def test_a_dying_worker_restarts_in_stage_2_then_a_failure_is_reported_first_and_a_rerun_resumes(
     ray_local, photos, tmp_path, monkeypatch, capsys
 ):
-    hooks = {"raise": {"stage": "srgan", "step": 3, "rank": 0}}
+    """One run's failures in order: a worker dies in stage 2 (the group restarts in stage 2 from
+    its checkpoint, stage 1 is not trained again); after the one restart allowed, a worker raises
+    (the console names it first); a rerun resumes stage 2 on fewer workers."""
+    marker = tmp_path / "died-once"
+    hooks = {
+        "die": {"stage": "srgan", "step": 5, "rank": 1, "marker": str(marker)},
+        "raise": {"stage": "srgan", "step": 7, "rank": 0},
+    }
     monkeypatch.setattr(driver, "run_training", functools.partial(run_training, test_hooks=hooks))
-    args = launch_args(tiny_overrides(photos, tmp_path, "rerun", "train.max_failures=0"))
+    stages = ("srresnet.iterations=2", "srgan.iterations=8", "srgan.checkpoint_interval=3")
+    args = launch_args(tiny_overrides(photos, tmp_path, "rerun", "train.max_failures=1", *stages))
     assert train_command.run(args) == 2  # the "driver" gives up: stage srgan unfinished
+    assert marker.exists()  # the worker really died
     run_dir = tmp_path / "rerun"
-    # The console: the real error first (stage, worker rank, step, exception), then the full log.
+    tensorboard = run_dir / "tensorboard"
+    # Stage 1 was trained once: the restarted group skipped it (its generator and summary entry).
+    assert steps_per_event_file(tensorboard / "srresnet", "loss/content") == [[1, 2]]
+    attempts = steps_per_event_file(tensorboard / "srgan", "loss/total")
+    assert attempts[0] == [1, 2, 3, 4]  # died during step 5, before logging it
+    assert attempts[1] == [4, 5, 6]  # resumed from the step-3 checkpoint; raised during step 7
+    # TensorBoard's purge makes the curve continuous: one value per step, no rewound stretch.
+    assert [e.step for e in scalars(tensorboard / "srgan").Scalars("loss/total")] == [1, 2, 3, 4, 5, 6]
+    captured = capsys.readouterr()
+    # The console (quiet) says so and leaves Ray's restart chatter to the log file.
+    assert "[srgan] resumed from checkpoint at step 3/8 on 2 worker(s)" in captured.out
+    assert captured.out.count("Stage srresnet: done, exported") == 1
+    assert not [noise for noise in RAY_NOISE if noise in captured.out]
+    # The real error first (stage, worker rank, step, exception), then the full log.
     # (pre-flight warnings, such as the random VGG of this tiny config, may come before it)
-    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("WARNING:")]
-    assert err[0] == "error: stage srgan failed (train.max_failures=0 restart(s) allowed):", err
-    assert "  worker rank 0: stage srgan, after step 3: RuntimeError: test hook: rank 0 raises" in "\n".join(
+    err = [line for line in captured.err.strip().splitlines() if not line.startswith("WARNING:")]
+    assert err[0] == "error: stage srgan failed (train.max_failures=1 restart(s) allowed):", err
+    assert "  worker rank 0: stage srgan, after step 7: RuntimeError: test hook: rank 0 raises" in "\n".join(
         err
     )
     assert err[-1] == f"Full log: {run_dir}/train.log"
@@ -313,13 +304,12 @@ def test_a_failing_worker_is_reported_first_and_a_rerun_resumes_on_fewer_workers
     exported = (run_dir / "generator_srresnet.safetensors").stat().st_mtime
 
     # The rerun, verbose: Ray's worker output is printed as Ray prints it (and still logged).
-    rerun_cfg = tiny_config(photos, tmp_path, "rerun", "scaling.num_workers=1")
+    rerun_cfg = tiny_config(photos, tmp_path, "rerun", "scaling.num_workers=1", *stages)
     logged_before = len((run_dir / "train.log").read_text())
     summary = run_training(rerun_cfg, resume=True, verbose=True)
     assert (run_dir / "generator_srresnet.safetensors").stat().st_mtime == exported  # skipped
-    assert summary["stages"]["srgan"]["steps"] == 4 and summary["stages"]["srgan"]["workers"] == 1
-    attempts = steps_per_event_file(run_dir / "tensorboard" / "srgan", "loss/total")
-    assert attempts == [[1, 2], [3, 4]]  # resumed at the step-2 checkpoint with 1 worker
+    assert summary["stages"]["srgan"]["steps"] == 8 and summary["stages"]["srgan"]["workers"] == 1
+    assert steps_per_event_file(tensorboard / "srgan", "loss/total")[-1] == [7, 8]  # from step 6
     captured = capsys.readouterr()
     assert "Reporting training result" in captured.out + captured.err
     assert "Reporting training result" in (run_dir / "train.log").read_text()[logged_before:]
