@@ -1,8 +1,9 @@
 """Resuming past damaged or deleted checkpoints on the embedded Ray (2 CPU workers, tiny model).
 
-One interrupted run (srresnet, 8 steps, checkpoints at steps 2, 4 and 6, a worker killed at step
-7 with no restart allowed) is made once per module; each test resumes its own copy after damaging
-it the way a user or a crash would. A run directory copies cleanly: checkpoints are found by their
+One interrupted run (srresnet, 8 steps, checkpoints every 2 steps; a worker killed at step 5 while
+the step-4 checkpoint is truncated, then, after the one restart allowed, a worker raising at step
+7) is made once per module; the other tests resume their own copy after damaging it the way a user
+or a crash would. A run directory copies cleanly: checkpoints are found by their
 folders, and Ray Train's list of them is dropped before each run (``driver.forget_ray_checkpoint_list``).
 """
 
@@ -38,15 +39,32 @@ def photos(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def interrupted_run(ray_local, photos, tmp_path_factory) -> Path:
-    """A run stopped after step 7, with good checkpoints at steps 2, 4 and 6."""
+    """A run that met both kinds of crash: a worker dies at step 5 and takes the newest checkpoint
+    (step 4) down with it, so Ray Train's restart is handed a damaged one; after the one restart
+    allowed, a worker raises at step 7. Left: good checkpoints at steps 2, 4 (written again by the
+    restart) and 6."""
     storage = tmp_path_factory.mktemp("interrupted")
-    marker = storage / "died-once"
-    hooks = {"die": {"stage": "srresnet", "step": 7, "rank": 1, "marker": str(marker)}}
-    with pytest.raises(Exception, match=r"(?i)fail|error"):
-        run_training(config(photos, storage, "train.max_failures=0"), test_hooks=hooks)
     stage_dir = storage / NAME / f"{NAME}-srresnet"
+    marker = storage / "died-once"
+    hooks = {
+        "die": {
+            "stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker),
+            "truncate": str(stage_dir / "step-00000004" / "state.pt"),
+        },
+        "raise": {"stage": "srresnet", "step": 7, "rank": 0},
+    }  # fmt: skip
+    with pytest.raises(RunError, match=r"stage srresnet failed \(train.max_failures=1 restart"):
+        run_training(config(photos, storage, "train.max_failures=1"), test_hooks=hooks)
+    assert marker.exists()  # the worker really died
     assert sorted(p.name for p in stage_dir.glob("step-*")) == [f"step-0000000{s}" for s in (2, 4, 6)]
     return storage / NAME
+
+
+def test_a_checkpoint_damaged_while_a_worker_dies_is_skipped_by_the_restart(interrupted_run):
+    attempts = steps_per_event_file(interrupted_run / "tensorboard" / "srresnet", "loss/content")
+    assert attempts == [[1, 2, 3, 4], [3, 4, 5, 6]]  # Ray's latest (step 4) was skipped: from step 2
+    log = (interrupted_run / "train.log").read_text()
+    assert log.count(DAMAGE_LINE) == 1, log[-3000:]
 
 
 def copy_of(run: Path, tmp_path: Path) -> Path:
@@ -90,26 +108,6 @@ def test_a_deleted_newest_folder_and_a_truncated_next_one_resume_from_the_good_o
     assert sorted(p.name for p in stage_dir.glob("step-*")) == ["step-00000006", "step-00000008"]
 
 
-def test_checkpoint_damaged_while_a_worker_dies_restarts_from_the_good_one(
-    ray_local, photos, tmp_path, capfd
-):
-    marker = tmp_path / "died-once"
-    newest = tmp_path / NAME / f"{NAME}-srresnet" / "step-00000004" / "state.pt"
-    hooks = {
-        "die": {"stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker), "truncate": str(newest)}
-    }
-
-    summary = run_training(
-        config(photos, tmp_path, "train.max_failures=1", "srresnet.iterations=6"), test_hooks=hooks
-    )
-
-    assert marker.exists()  # the worker really died
-    assert summary["stages"]["srresnet"]["steps"] == 6
-    attempts = steps_per_event_file(tmp_path / NAME / "tensorboard" / "srresnet", "loss/content")
-    assert attempts == [[1, 2, 3, 4], [3, 4, 5, 6]]  # Ray's latest (step 4) was skipped
-    assert len(lines_with(capfd, DAMAGE_LINE)) == 1
-
-
 def test_no_good_checkpoint_fails_at_once_without_restarts(photos, interrupted_run, tmp_path):
     stage_dir = copy_of(interrupted_run, tmp_path)
     for step in (2, 4, 6):
@@ -126,5 +124,5 @@ def test_no_good_checkpoint_fails_at_once_without_restarts(photos, interrupted_r
         assert f"step-0000000{step}/state.pt: 100 bytes" in message
     assert "\n" not in message and "weights_only" not in message
     assert sorted(p.name for p in stage_dir.glob("step-*")) == [f"step-0000000{s}" for s in (2, 4, 6)]
-    # No worker got as far as training: only the interrupted run's attempt is in TensorBoard.
-    assert len(steps_per_event_file(tmp_path / NAME / "tensorboard" / "srresnet", "loss/content")) == 1
+    # No worker got as far as training: only the interrupted run's two attempts are in TensorBoard.
+    assert len(steps_per_event_file(tmp_path / NAME / "tensorboard" / "srresnet", "loss/content")) == 2
