@@ -193,8 +193,9 @@ class LocalCluster:
         """``srgan-dist logs JOB --follow`` in the background (close it when done)."""
         return JobLog(self, job_id)
 
-    def actor_nodes(self, class_name: str) -> set[str]:
-        """Nodes that hosted actors of ``class_name`` (alive or dead) on this cluster."""
+    def actor_nodes(self, class_name: str, exclude: set[str] = frozenset()) -> dict[str, str]:
+        """``{actor id: node id}`` of every actor of ``class_name`` (alive or dead) on this cluster,
+        but those in ``exclude`` (the actor ids of an earlier call: what a job started since)."""
         result = subprocess.run(
             [
                 str(RAY_BIN),
@@ -216,7 +217,8 @@ class LocalCluster:
             timeout=120,
             check=True,
         )
-        return {actor["node_id"] for actor in json.loads(result.stdout)}
+        actors = json.loads(result.stdout)
+        return {a["actor_id"]: a["node_id"] for a in actors if a["actor_id"] not in exclude}
 
 
 @contextlib.contextmanager

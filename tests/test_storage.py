@@ -440,6 +440,7 @@ def test_a_two_stage_job_spreads_over_both_nodes_and_trains_into_the_bucket(
         "AWS_ACCESS_KEY_ID=test",
         "AWS_SECRET_ACCESS_KEY=test",
     ]
+    workers_before = two_node_cluster.actor_nodes("RayTrainWorker")  # earlier jobs' (other node ids)
     result = two_node_cluster.cli(
         "submit", "--config", str(config), "--name", "job", "--storage", storage_uri, "--workers", "2",
         *(f"--env={pair}" for pair in env), "--env=AWS_DEFAULT_REGION=us-east-1", "--wait",
@@ -453,7 +454,8 @@ def test_a_two_stage_job_spreads_over_both_nodes_and_trains_into_the_bucket(
     assert "Validation PSNR / SSIM" in result.stdout
     assert not [noise for noise in RAY_NOISE if noise in result.stdout]
     assert "Reporting training result" in s3_server.read("cluster/job/train.log").decode()
-    assert len(two_node_cluster.actor_nodes("RayTrainWorker")) == 2  # SPREAD: a worker on each node
+    workers = two_node_cluster.actor_nodes("RayTrainWorker", exclude=set(workers_before))
+    assert len(set(workers.values())) == 2, workers  # SPREAD: this job's workers, one on each node
 
     keys = s3_server.keys("cluster/job")
     for key in (
