@@ -175,8 +175,6 @@ def check_ray_address(address: str | None) -> None:
     """Refuse, in one line and within seconds, an address training cannot join (pre-flight):
     a job-server URL, a host:port where no Ray answers, or another cluster than the one this
     process is already connected to (Ray keeps one connection per process)."""
-    import ray
-
     from srgan_dist.jobs import gcs_unreachable
 
     address, source = ray_address(address)
@@ -194,6 +192,8 @@ def check_ray_address(address: str | None) -> None:
             f"{source}={address}: no Ray cluster answers there ({problem}). Start one (ray start --head, "
             "cluster/local_cluster.sh up) or fix the address; nothing was started or written"
         )
+    import ray  # only with an address: a run with nothing left to train needs no Ray
+
     if ray.is_initialized() and address != "auto":
         connected = ray.get_runtime_context().gcs_address
         if same_host_port(address, connected):
