@@ -210,8 +210,10 @@ def same_host_port(a: str, b: str) -> bool:
     import contextlib
     import socket
 
+    from srgan_dist.jobs import host_and_port
+
     def endpoint(address: str) -> tuple[str, str]:
-        host, _, port = address.removeprefix("ray://").rpartition(":")
+        host, port = host_and_port(address)
         with contextlib.suppress(OSError):  # unresolvable: compared as written
             host = socket.gethostbyname(host)
         return host, port

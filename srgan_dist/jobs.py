@@ -299,6 +299,12 @@ def build_training_job(
 # Talking to a job server (Ray imported here only).
 
 
+def host_and_port(address: str) -> tuple[str, str]:
+    """``(host, port)`` of a ``host:port`` or ``ray://host:port`` Ray address, as written."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return host, port
+
+
 def gcs_unreachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> str | None:
     """Why a ``host:port`` (or ``ray://host:port``) Ray address refuses or ignores a TCP
     connection for ``timeout_s``; None when it answers or is not such an address (``auto``, URLs).
@@ -306,10 +312,9 @@ def gcs_unreachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> s
     Ray itself, given a GCS address where nothing listens, retries for a long time (about 40 s in
     the Jobs SDK, with no limit in ``ray.init``) before a traceback.
     """
-    address = address.removeprefix("ray://")
-    if is_uri(address) or address == "auto":
+    if is_uri(address.removeprefix("ray://")) or address == "auto":
         return None
-    host, _, port = address.rpartition(":")
+    host, port = host_and_port(address)
     if not host or not port.isdigit():
         return None  # Ray's own message for an address it cannot parse
     try:
