@@ -173,9 +173,10 @@ def connect_ray(address: str | None, num_workers: int, cpus_per_worker: float) -
 
 def check_ray_address(address: str | None) -> None:
     """Refuse, in one line and within seconds, an address training cannot join (pre-flight):
-    a job-server URL, a host:port where no Ray answers, or another cluster than the one this
-    process is already connected to (Ray keeps one connection per process)."""
-    from srgan_dist.jobs import gcs_unreachable
+    a job-server URL, a host:port where no Ray answers, another cluster than the one this process
+    is already connected to (Ray keeps one connection per process), a loopback address Ray would
+    dial as this machine's IP, or a cluster that refuses this process's token."""
+    from srgan_dist.jobs import gcs_join_problem, gcs_unreachable
 
     address, source = ray_address(address)
     if not address:
@@ -190,19 +191,23 @@ def check_ray_address(address: str | None) -> None:
     if problem:
         raise RunError(
             f"{source}={address}: no Ray cluster answers there ({problem}). Start one (ray start --head, "
-            "cluster/local_cluster.sh up) or fix the address; nothing was started or written"
+            "cluster/local_cluster.sh up) or fix the address; no run was started"
         )
     import ray  # only with an address: a run with nothing left to train needs no Ray
 
-    if ray.is_initialized() and address != "auto":
+    if ray.is_initialized():  # connect_ray will not call ray.init again
         connected = ray.get_runtime_context().gcs_address
-        if same_host_port(address, connected):
+        if address == "auto" or same_host_port(address, connected):
             return
         raise RunError(
             f"{source}={address}: this process is already connected to the Ray cluster at {connected} "
             "(ray.init was called before training) and Ray joins one cluster per process. "
             "Call ray.shutdown() first, or train without an address on the cluster already joined"
         )
+    join_problem = gcs_join_problem(address)
+    if join_problem:
+        reason, fix = join_problem
+        raise RunError(f"{source}={address}: {reason}. Fix: {fix}; no run was started")
 
 
 def same_host_port(a: str, b: str) -> bool:

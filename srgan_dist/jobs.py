@@ -21,6 +21,7 @@ import re
 import shlex
 import socket
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -324,14 +325,95 @@ def gcs_unreachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> s
     return None
 
 
+def gcs_refuses_token(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> str | None:
+    """Ray's own message when the GCS at a ``host:port`` address refuses this process's
+    authentication (a cluster with token auth, and no token or another one here); None when it
+    accepts it, or when no answer comes within ``timeout_s`` (not a GCS, busy): ``ray.init``
+    then says what is wrong itself.
+
+    ``ray.init`` meets a refused token as any other failed connection: it tries again once a second
+    for 20 s and then says only "Failed to connect". One GCS client, Ray's own (what ``ray.init``
+    builds first), gets the refusal in well under a second. It runs in a thread so that an address
+    that is no GCS (Ray's client then waits about 13 s) costs ``timeout_s`` at most.
+    """
+    if address == "auto" or address.startswith("ray://") or is_uri(address):
+        return None  # auto: found on this node; ray://: a Ray Client server, not a GCS
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    refusal: list[str] = []
+
+    def probe() -> None:
+        try:
+            GcsClient(address=address)
+        except AuthenticationError as error:  # its advice after "Ensure ..." is a paragraph
+            refusal.append(str(error).split(". Ensure")[0].removeprefix("RPC error: "))
+        except Exception:  # not a GCS, not reachable, busy: ray.init reports those itself
+            pass
+
+    thread = threading.Thread(target=probe, name="gcs-auth-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return refusal[0] if refusal else None
+
+
+def loopback_dialled_as(address: str) -> str | None:
+    """The ``host:port`` that ``ray.init`` dials for ``address`` when it is not ``address`` itself:
+    on Linux Ray replaces a loopback host (127.0.0.1, localhost) with this machine's routable IP
+    (``ray._private.services.canonicalize_bootstrap_address``), unless its single-machine switch
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was set before Ray was imported."""
+    if address == "auto" or address.startswith("ray://") or is_uri(address):
+        return None
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        dialled = canonicalize_bootstrap_address(address)
+    except Exception:
+        return None
+    if not dialled or host_and_port(dialled)[0] == host_and_port(address)[0]:
+        return None
+    return dialled
+
+
+TOKEN_FIX = (
+    "on a cluster with token auth export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<its token file> "
+    "(cluster/local_cluster.sh env prints both)"
+)
+
+
+def gcs_join_problem(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> tuple[str, str] | None:
+    """``(reason, fix)`` when ``ray.init(address)`` cannot join the Ray that answers at a
+    ``host:port`` (check ``gcs_unreachable`` first), None when nothing stands in the way:
+    - Ray would dial this machine's IP instead of the loopback address given, where a cluster that
+      listens on loopback only (cluster/local_cluster.sh) does not answer: ``ray.init`` would
+      retry for minutes;
+    - the GCS refuses this process's authentication token (``gcs_refuses_token``)."""
+    dialled = loopback_dialled_as(address)
+    if dialled and gcs_unreachable(dialled, timeout_s):
+        return (
+            f"Ray would dial {dialled} for {address} (on Linux it replaces a loopback host with this "
+            "machine's IP) and nothing answers there: the cluster listens on loopback only",
+            "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray's single-machine switch; "
+            "cluster/local_cluster.sh env prints it), or give an address the cluster listens on",
+        )
+    refusal = gcs_refuses_token(dialled or address, timeout_s)
+    if refusal:
+        return f"the Ray cluster at {address} refused this process's authentication ({refusal})", TOKEN_FIX
+    return None
+
+
 def check_gcs_reachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> None:
-    """Raise ``JobError`` in one line if ``address`` is a ``host:port`` nothing answers at."""
+    """Raise ``JobError`` in one line if ``address`` is a ``host:port`` nothing answers at, or
+    one that Ray cannot join from this process (``gcs_join_problem``)."""
     problem = gcs_unreachable(address, timeout_s)
     if problem:
         raise JobError(
             f"no Ray cluster answers at {address} ({problem}); give the job server "
             f"URL instead, e.g. --address {DEFAULT_ADDRESS} (or export RAY_ADDRESS=...)"
         )
+    join_problem = gcs_join_problem(address, timeout_s)
+    if join_problem:
+        raise JobError("; ".join(join_problem))
 
 
 # Environment variables the Jobs SDK reads an address from (ray/dashboard/utils.py).

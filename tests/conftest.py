@@ -47,8 +47,11 @@ def pytest_collection_modifyitems(config, items):
     """Groups for ``make test``'s parallel run (pytest-xdist ``--dist loadgroup``): every test of the
     session's two-node cluster on one test worker (one cluster, one set of ports), and each other
     module's slow tests on one worker (their module fixtures, such as one trained run, are set up
-    once). Unit tests go wherever a worker is free."""
+    once). Unit tests go wherever a worker is free. A test's own ``xdist_group`` marker wins
+    (xdist joins several group names into a new group, which would separate it from both)."""
     for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
         if "two_node_cluster" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("two_node_cluster"))
         elif item.get_closest_marker("slow"):

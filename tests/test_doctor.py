@@ -126,7 +126,8 @@ def test_doctor_without_the_token_says_how_to_connect(cluster):
         timeout=300,
     )
     assert result.returncode == 1
-    assert re.search(r"^FAIL connect cluster .*fix: .*RAY_AUTH_TOKEN_PATH", result.stdout, re.MULTILINE)
+    line = r"^FAIL connect cluster .* refused this process's authentication \(InvalidAuthToken: .*\) fix: .*RAY_AUTH_TOKEN_PATH"
+    assert re.search(line, result.stdout, re.MULTILINE), result.stdout
 
 
 def private_storage_python(folder: Path, storage: Path) -> Path:

@@ -313,3 +313,30 @@ def test_an_address_of_another_cluster_than_the_process_joined_is_refused(
         for same in (joined_address, f"localhost:{joined.getsockname()[1]}", "auto"):
             with pytest.raises(RayWasAsked):
                 main(train_argv(photos, tmp_path, "--name", "same", "--address", same))
+
+
+@pytest.mark.slow
+def test_a_cluster_ray_cannot_join_from_this_process_is_refused_in_one_line(
+    two_node_cluster, photos, tmp_path
+):
+    """The session's cluster (cluster/local_cluster.sh: loopback only, token auth), joined by GCS
+    address without what `local_cluster.sh env` prints. Ray alone retries a refused token for 20 s
+    and then says only "Failed to connect"; without its single-machine switch it dials this
+    machine's IP instead of 127.0.0.1, where nothing listens, for many minutes."""
+    from ray._private.services import node_ip_address_from_perspective
+
+    cluster = two_node_cluster
+    env = {k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}
+    no_token = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")} | {"RAY_AUTH_MODE": "disabled"}
+    cases = {"no-token": (no_token, "refused this process's authentication", "RAY_AUTH_TOKEN_PATH")}
+    if not node_ip_address_from_perspective().startswith("127."):  # a machine with a routable IP
+        no_switch = {k: v for k, v in env.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+        cases["no-switch"] = (no_switch, "nothing answers there", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0")
+    for name, (case_env, reason, fix) in cases.items():
+        argv = [sys.executable, str(ROOT / "launch.py"), *train_argv(photos, tmp_path, "--name", name)[1:]]
+        argv += ["--address", cluster.gcs_address]
+        done = subprocess.run(argv, env=case_env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 2, done.stdout + done.stderr
+        line = one_line_error(done.stderr, f"--address={cluster.gcs_address}", reason)
+        assert fix in line and "no run was started" in line
+        assert not (tmp_path / name / "config.yaml").exists()

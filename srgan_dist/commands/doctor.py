@@ -86,16 +86,23 @@ def connect(address: str) -> bool:
     import ray
     from ray.exceptions import AuthenticationError
 
-    from srgan_dist.jobs import JobError, check_gcs_reachable
+    from srgan_dist.jobs import gcs_join_problem, gcs_unreachable
 
     fix = (
         "pass --address HOST:PORT of the head's GCS (or auto on a cluster node); on a cluster with token "
         "auth export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (cluster/local_cluster.sh env prints them)"
     )
+    problem = gcs_unreachable(address)
+    if problem:
+        print(f"FAIL connect cluster no Ray answers at {address} ({problem}) fix: {fix}", flush=True)
+        return False
+    join_problem = gcs_join_problem(address)
+    if join_problem:
+        print(f"FAIL connect cluster {join_problem[0]} fix: {join_problem[1]}", flush=True)
+        return False
     try:
-        check_gcs_reachable(address)
         ray.init(address=address, log_to_driver=False)
-    except (JobError, ConnectionError, AuthenticationError) as error:
+    except (ConnectionError, AuthenticationError) as error:
         print(f"FAIL connect cluster cannot join Ray at {address}: {error} fix: {fix}", flush=True)
         return False
     return True
