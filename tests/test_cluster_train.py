@@ -99,7 +99,17 @@ def test_stopped_job_resumes_from_its_checkpoint_with_another_worker_count(clust
     stopped = cluster.cli("stop", job_id, timeout=180)
     assert f"Job {job_id}: STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
 
-    # Same name and config, 1 worker instead of 2.
+    # Same name and training settings, 1 worker instead of 2. (Checkpointing every 2 steps kept
+    # the first job running until the stop; the rest of the run need not wait on Ray's polls.)
+    config = write_config(
+        photos,
+        storage,
+        "resume",
+        tmp_path / "resume-rest.yaml",
+        "srresnet.iterations=100",
+        "srresnet.checkpoint_interval=50",
+        "srresnet.val_interval=1000",
+    )
     second = cluster.cli(
         "submit",
         "--config",
