@@ -368,7 +368,7 @@ def loopback_dialled_as(address: str) -> str | None:
 
     try:
         dialled = canonicalize_bootstrap_address(address)
-    except Exception:
+    except Exception:  # an address Ray cannot parse: ray.init says so itself
         return None
     if not dialled or host_and_port(dialled)[0] == host_and_port(address)[0]:
         return None
