@@ -336,8 +336,6 @@ def gcs_refuses_token(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) ->
     builds first), gets the refusal in well under a second. It runs in a thread so that an address
     that is no GCS (Ray's client then waits about 13 s) costs ``timeout_s`` at most.
     """
-    if address == "auto" or address.startswith("ray://") or is_uri(address):
-        return None  # auto: found on this node; ray://: a Ray Client server, not a GCS
     from ray._raylet import GcsClient
     from ray.exceptions import AuthenticationError
 
@@ -362,8 +360,6 @@ def loopback_dialled_as(address: str) -> str | None:
     on Linux Ray replaces a loopback host (127.0.0.1, localhost) with this machine's routable IP
     (``ray._private.services.canonicalize_bootstrap_address``), unless its single-machine switch
     ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was set before Ray was imported."""
-    if address == "auto" or address.startswith("ray://") or is_uri(address):
-        return None
     from ray._private.services import canonicalize_bootstrap_address
 
     try:
@@ -387,7 +383,10 @@ def gcs_join_problem(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> 
     - Ray would dial this machine's IP instead of the loopback address given, where a cluster that
       listens on loopback only (cluster/local_cluster.sh) does not answer: ``ray.init`` would
       retry for minutes;
-    - the GCS refuses this process's authentication token (``gcs_refuses_token``)."""
+    - the GCS refuses this process's authentication token (``gcs_refuses_token``).
+    Only for a GCS ``host:port``: ``auto`` is found on this node, ``ray://`` is a Ray Client server."""
+    if address == "auto" or address.startswith("ray://") or is_uri(address):
+        return None
     dialled = loopback_dialled_as(address)
     if dialled and gcs_unreachable(dialled, timeout_s):
         return (

@@ -86,12 +86,9 @@ def connect(address: str) -> bool:
     import ray
     from ray.exceptions import AuthenticationError
 
-    from srgan_dist.jobs import gcs_join_problem, gcs_unreachable
+    from srgan_dist.jobs import TOKEN_FIX, gcs_join_problem, gcs_unreachable
 
-    fix = (
-        "pass --address HOST:PORT of the head's GCS (or auto on a cluster node); on a cluster with token "
-        "auth export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (cluster/local_cluster.sh env prints them)"
-    )
+    fix = f"pass --address HOST:PORT of the head's GCS (or auto on a cluster node); {TOKEN_FIX}"
     problem = gcs_unreachable(address)
     if problem:
         print(f"FAIL connect cluster no Ray answers at {address} ({problem}) fix: {fix}", flush=True)
