@@ -77,14 +77,9 @@ def test_elastic_training_continues_on_one_worker_when_a_node_goes_away(cluster,
 
 def test_stopped_job_resumes_from_its_checkpoint_with_another_worker_count(cluster, photos, tmp_path):  # noqa: F811
     storage = tmp_path / "runs"
+    settings = ("srresnet.iterations=100", "srresnet.val_interval=1000")
     config = write_config(
-        photos,
-        storage,
-        "resume",
-        tmp_path / "resume.yaml",
-        "srresnet.iterations=100",
-        "srresnet.checkpoint_interval=2",
-        "srresnet.val_interval=1000",
+        photos, storage, "resume", tmp_path / "resume.yaml", *settings, "srresnet.checkpoint_interval=2"
     )
     first = cluster.cli(
         "submit", "--config", str(config), "--name", "resume", "--storage", str(storage), "--workers", "2"
@@ -102,13 +97,7 @@ def test_stopped_job_resumes_from_its_checkpoint_with_another_worker_count(clust
     # Same name and training settings, 1 worker instead of 2. (Checkpointing every 2 steps kept
     # the first job running until the stop; the rest of the run need not wait on Ray's polls.)
     config = write_config(
-        photos,
-        storage,
-        "resume",
-        tmp_path / "resume-rest.yaml",
-        "srresnet.iterations=100",
-        "srresnet.checkpoint_interval=50",
-        "srresnet.val_interval=1000",
+        photos, storage, "resume", tmp_path / "resume-rest.yaml", *settings, "srresnet.checkpoint_interval=50"
     )
     second = cluster.cli(
         "submit",
