@@ -24,13 +24,12 @@ from typing import Any, Literal
 
 import yaml
 
+from srgan_dist.errors import UserError
+from srgan_dist.stages import STAGE_NAMES, StageName
 from srgan_dist.storage import check_uri, is_uri
 
-StageName = Literal["srresnet", "srgan"]
-STAGE_NAMES: tuple[StageName, ...] = ("srresnet", "srgan")
 
-
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config value a user has to fix; the message names the dotted key."""
 
 

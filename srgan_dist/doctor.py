@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
 from srgan_dist.config import Config
+from srgan_dist.errors import UserError
+from srgan_dist.stages import needs_vgg
 from srgan_dist.storage import StorageError, check_writable, is_uri, join
 
 Status = Literal["PASS", "WARN", "FAIL"]
@@ -158,7 +160,7 @@ class NodeProbe:
                     f"put {VGG19_FILE} at {cache} on this node, or pass loss.vgg_weights=PATH to a vgg19 state dict"
                 ),
             )
-        except (FileNotFoundError, ValueError) as error:
+        except (FileNotFoundError, UserError) as error:
             return (
                 "FAIL",
                 str(error),
@@ -428,7 +430,7 @@ class Doctor:
         if is_uri(self.storage):
             try:
                 check_writable(self.storage)
-            except (ValueError, StorageError) as error:
+            except (UserError, StorageError) as error:
                 self.say("FAIL", "storage", "this machine", str(error))
             else:
                 self.say(
@@ -486,12 +488,12 @@ class Doctor:
 
     def check_vgg(self, probes: dict[Node, Any]) -> None:
         loss = self.cfg.loss
-        if "srgan" not in self.cfg.train.stages:
+        if not needs_vgg(self.cfg.train.stages):
             self.say(
                 "PASS",
                 "vgg",
                 "cluster",
-                f"not needed: train.stages={list(self.cfg.train.stages)} has no srgan",
+                f"not needed: no stage of train.stages={list(self.cfg.train.stages)} uses the perceptual loss",
             )
             return
         if loss.vgg_weights == "random":

@@ -42,14 +42,16 @@ from srgan_dist.config import (
     to_yaml,
 )
 from srgan_dist.console import RunLog, say
+from srgan_dist.errors import UserError
 from srgan_dist.rundir import RunDir
+from srgan_dist.stages import needs_vgg
 from srgan_dist.storage import StorageError, is_uri
 from srgan_dist.summary import load_summary, stage_finished
 
 log = logging.getLogger(__name__)
 
 
-class RunError(RuntimeError):
+class RunError(UserError):
     """The run cannot go on as asked; the message says what to do."""
 
 
@@ -82,6 +84,7 @@ def check_run_directory(cfg: Config, run_dir: RunDir, resume: bool) -> None:
 def scan_data(cfg: Config, run_dir: RunDir) -> tuple[list[str], list[str]]:
     """Validate every training and validation image; return the usable (train, val) paths."""
     from srgan_dist.data import scan_images
+    from srgan_dist.data.scoring import min_scoring_side
 
     if not cfg.data.train:
         raise ConfigError(
@@ -94,8 +97,7 @@ def scan_data(cfg: Config, run_dir: RunDir) -> tuple[list[str], list[str]]:
     )
     val_files: list[str] = []
     if cfg.data.val:
-        # SSIM's 11x11 window needs 11 px left after cropping `scale` px from each border.
-        min_val = max(cfg.model.scale * 4, 11 + 2 * cfg.model.scale)
+        min_val = min_scoring_side(cfg.model.scale)
         val = scan_images(
             cfg.data.val, role="data.val", min_side=min_val, data_cfg=cfg.data, cache_dir=cache_dir
         )
@@ -119,7 +121,7 @@ def check_vgg(cfg: Config) -> str:
     unavailable and ``loss.vgg_random_fallback`` allows that (said once, here), so that no worker
     tries the download again; else the configured value.
     """
-    if "srgan" not in cfg.train.stages:
+    if not needs_vgg(cfg.train.stages):
         return cfg.loss.vgg_weights
     from srgan_dist.vgg_weights import VGGWeightsUnavailable, load_vgg19_features
 

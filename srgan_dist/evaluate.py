@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from srgan_dist.data.resize import bicubic_upscale
-from srgan_dist.data.scoring import read_rgb8, reference_pair, score_y
+from srgan_dist.data.scoring import min_scoring_side, read_rgb8, reference_pair, score_y
+from srgan_dist.errors import UserError
 from srgan_dist.generator_io import GeneratorSpec
 from srgan_dist.infer import DEFAULT_TILING, Tiling, upscale_rgb
 from srgan_dist.models import Generator
@@ -153,7 +154,7 @@ def find_lr(hr_path: Path, lr_files: dict[str, Path], scale: int) -> Path:
     for candidate in (stem, f"{stem}x{scale}", f"{stem}_x{scale}", f"{stem}_LRBI_x{scale}"):
         if candidate in lr_files:
             return lr_files[candidate]
-    raise ValueError(
+    raise UserError(
         f"--lr-dir has no LR image for {hr_path.name} (looked for stems {stem}, {stem}x{scale}, "
         f"{stem}_x{scale}, {stem}_LRBI_x{scale})"
     )
@@ -162,13 +163,18 @@ def find_lr(hr_path: Path, lr_files: dict[str, Path], scale: int) -> Path:
 def lr_hr_pair(hr_path: Path, scale: int, lr_files: dict[str, Path] | None) -> tuple[np.ndarray, np.ndarray]:
     """(LR, HR crop) as uint8 arrays: ``scoring.reference_pair``, or LR read from ``lr_files``."""
     hr = read_rgb8(hr_path)
+    if min(hr.shape[:2]) < min_scoring_side(scale):
+        raise UserError(
+            f"{hr.shape[1]}x{hr.shape[0]} is too small to score at x{scale} "
+            f"(at least {min_scoring_side(scale)} px on each side)"
+        )
     if lr_files is None:
         return reference_pair(hr, scale)
     lr_path = find_lr(hr_path, lr_files, scale)
     lr = read_rgb8(lr_path)
     height, width = lr.shape[0] * scale, lr.shape[1] * scale
     if hr.shape[0] < height or hr.shape[1] < width:
-        raise ValueError(
+        raise UserError(
             f"{lr_path} is {lr.shape[1]}x{lr.shape[0]}, but x{scale} of it exceeds "
             f"{hr_path} ({hr.shape[1]}x{hr.shape[0]})"
         )
@@ -193,17 +199,17 @@ def evaluate(
     """
     hr_dir = Path(hr_dir)
     if not hr_dir.is_dir():
-        raise ValueError(f"--hr {hr_dir}: no such folder")
+        raise UserError(f"--hr {hr_dir}: no such folder")
     hr_files = image_files(hr_dir)
     if not hr_files:
-        raise ValueError(f"--hr {hr_dir}: no image files in this folder")
+        raise UserError(f"--hr {hr_dir}: no image files in this folder")
     scale = spec.scale
     lr_files = None
     lr_source = LR_METHOD
     if lr_dir is not None:
         lr_dir = Path(lr_dir)
         if not lr_dir.is_dir():
-            raise ValueError(f"--lr-dir {lr_dir}: no such folder")
+            raise UserError(f"--lr-dir {lr_dir}: no such folder")
         lr_files = {path.stem: path for path in image_files(lr_dir)}
         lr_source = f"read from {lr_dir}"
     scorer, lpips_status = lpips_scorer(torch.device(device)) if lpips else (None, "not requested")
@@ -214,7 +220,7 @@ def evaluate(
             sr_model = quantize(upscale_rgb(model, to_unit(lr), tiling, device), 8)
             sr_bicubic = bicubic_upscale(lr, scale)
             model_scores, bicubic_scores = score_y(sr_model, hr, scale), score_y(sr_bicubic, hr, scale)
-        except ValueError as error:  # unreadable, too small, or no LR image: this image only
+        except UserError as error:  # unreadable, too small, or no LR image: this image only
             report.failed.append((hr_path, str(error).removeprefix(f"{hr_path}: ")))
             continue
         report.images.append(

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from srgan_dist.errors import UserError
 from srgan_dist.generator_io import GeneratorSpec, find_generator, load_generator, save_generator
 from srgan_dist.models import Generator, generator_output_to_unit
 
@@ -41,7 +42,7 @@ PARITY_SHAPES = ((1, 3, 24, 32), (2, 3, 17, 29))
 """Two input shapes (N, 3, h, w) each export is checked on: different batch, height, width."""
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """An export that was written but does not reproduce the PyTorch model."""
 
 
@@ -148,14 +149,14 @@ def export_generator(
 ) -> ExportResult:
     """Export the generator a file or run directory holds; raise :class:`ExportError` on a parity miss."""
     if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     source = find_generator(weights, stage)
     model, spec = load_generator(source)
     if output is None and fmt == "safetensors":
-        raise ValueError("--format safetensors needs --output (the default path is the source file itself)")
+        raise UserError("--format safetensors needs --output (the default path is the source file itself)")
     path = Path(output) if output is not None else default_output(source, fmt)
     if path.resolve() == source.resolve():
-        raise ValueError(f"--output {path} is the source weights file; choose another path")
+        raise UserError(f"--output {path} is the source weights file; choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "safetensors":
         save_generator(model, spec, path)

@@ -19,6 +19,7 @@ from safetensors.torch import safe_open, save_file
 
 from srgan_dist import storage
 from srgan_dist.config import ModelConfig
+from srgan_dist.errors import UserError
 from srgan_dist.models import Generator
 from srgan_dist.models.generator import SCALES, GlobalSkip, Norm
 from srgan_dist.rundir import RunDir
@@ -34,7 +35,7 @@ MAX_CHANNELS = 4096
 _PROVENANCE = {"provenance": True}
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A weights file or run directory that cannot give a generator; the message names it."""
 
 

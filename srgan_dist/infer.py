@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from srgan_dist.errors import UserError
 from srgan_dist.generator_io import GeneratorSpec, load_generator
 from srgan_dist.models import Generator, generator_output_to_unit
 from srgan_dist.pictures import ImageReadError, Picture, image_files, read_picture, resize_alpha, with_pixels
@@ -61,13 +62,13 @@ class Tiling:
 
     def __post_init__(self) -> None:
         if self.tile < 0:
-            raise ValueError(f"--tile must be >= 0 (0 = untiled), got {self.tile}")
+            raise UserError(f"--tile must be >= 0 (0 = untiled), got {self.tile}")
         if self.overlap < 0:
-            raise ValueError(f"--overlap must be >= 0, got {self.overlap}")
+            raise UserError(f"--overlap must be >= 0, got {self.overlap}")
         if self.tile and 2 * self.overlap > self.tile:
-            raise ValueError(f"--overlap {self.overlap} must be at most half of --tile {self.tile}")
+            raise UserError(f"--overlap {self.overlap} must be at most half of --tile {self.tile}")
         if self.batch < 1:
-            raise ValueError(f"--batch must be >= 1, got {self.batch}")
+            raise UserError(f"--batch must be >= 1, got {self.batch}")
 
 
 DEFAULT_TILING = Tiling()
@@ -81,11 +82,11 @@ def resolve_device(name: str | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name)
     if match is None:
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+        raise UserError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
     if name == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError(
+        raise UserError(
             f"--device {name}: CUDA is not available (torch {torch.__version__}, built for CUDA "
             f"{torch.version.cuda}, sees no GPU); use --device cpu"
         )
@@ -93,7 +94,7 @@ def resolve_device(name: str | None) -> torch.device:
     if match.group(1) is not None and int(match.group(1)) >= count:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         where = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
-        raise ValueError(
+        raise UserError(
             f"--device {name}: this process sees {count} GPU(s){where}, so the index must be "
             f"below {count}: use --device cuda:0" + (f" … cuda:{count - 1}" if count > 1 else "")
         )
@@ -164,7 +165,7 @@ def upscale_rgb(
     batch of ``n`` tiles (for progress bars).
     """
     if rgb_HWC.ndim != 3 or rgb_HWC.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 RGB array, got shape {rgb_HWC.shape}")
+        raise UserError(f"expected an HxWx3 RGB array, got shape {rgb_HWC.shape}")
     scale = model.scale
     height, width = rgb_HWC.shape[:2]
     tile_h, weights_y, total_y = _axis_plan(height, tiling, scale)
@@ -210,10 +211,10 @@ def collect_inputs(input_path: str | Path) -> list[Path]:
     if input_path.is_file():
         return [input_path]
     if not input_path.is_dir():
-        raise ValueError(f"--input {input_path}: no such file or folder")
+        raise UserError(f"--input {input_path}: no such file or folder")
     files = image_files(input_path)
     if not files:
-        raise ValueError(f"--input {input_path}: no image files in this folder")
+        raise UserError(f"--input {input_path}: no image files in this folder")
     return files
 
 
@@ -223,9 +224,9 @@ def output_paths(inputs: list[Path], output_dir: Path) -> list[Path]:
     seen: dict[Path, Path] = {}
     for source, target in zip(inputs, outputs, strict=True):
         if target in seen:
-            raise ValueError(f"{source} and {seen[target]} would both be written to {target}; rename one")
+            raise UserError(f"{source} and {seen[target]} would both be written to {target}; rename one")
         if target.resolve() == source.resolve():
-            raise ValueError(f"{target} would overwrite its own input; choose another --output folder")
+            raise UserError(f"{target} would overwrite its own input; choose another --output folder")
         seen[target] = source
     return outputs
 
@@ -235,13 +236,13 @@ def check_outputs(outputs: list[Path], output_dir: Path, overwrite: bool) -> Non
     ``overwrite``: checked before any weights are loaded or images read."""
     for path in (output_dir, *output_dir.parents):
         if path.exists() and not path.is_dir():
-            raise ValueError(f"--output {output_dir}: {path} is a file, not a folder")
+            raise UserError(f"--output {output_dir}: {path} is a file, not a folder")
     existing = [path for path in outputs if path.exists()]
     if existing and not overwrite:
         shown = ", ".join(map(str, existing[:5])) + (
             f" and {len(existing) - 5} more" if len(existing) > 5 else ""
         )
-        raise ValueError(
+        raise UserError(
             f"--output {output_dir}: {len(existing)} result(s) already exist: {shown}; pass --overwrite "
             "to replace them (nothing was written)"
         )

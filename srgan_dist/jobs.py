@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from srgan_dist.errors import UserError
 from srgan_dist.rundir import LOG_FILE, join_run_location
 from srgan_dist.storage import check_uri, is_uri
 
@@ -61,7 +62,7 @@ META_RUN_NAME = "srgan_run_name"
 META_RUN_DIR = "srgan_run_dir"
 
 
-class JobError(RuntimeError):
+class JobError(UserError):
     """A job request or job-server answer a user has to act on."""
 
 
@@ -116,7 +117,7 @@ def check_storage(storage: str) -> str:
     if is_uri(storage):
         try:
             check_uri(storage, "--storage")
-        except ValueError as error:
+        except UserError as error:
             raise JobError(str(error)) from None
         return storage
     if os.path.isabs(storage):

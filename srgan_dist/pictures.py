@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from srgan_dist.errors import UserError
 from srgan_dist.pixels import quantize
 
 SIXTEEN_BIT_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -30,7 +31,7 @@ GRAY_MODES = ("1", "L", "LA", "La")
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """A file that is not a readable image; the message names it."""
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from srgan_dist import storage
+from srgan_dist.stages import STAGES_LAST_FIRST
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -43,8 +44,6 @@ TENSORBOARD_DIR = "tensorboard"
 NONFINITE_FILE = "nonfinite.json"
 STAGE_ERROR_FILE = "error.json"
 SCAN_CACHE_DIR = ".scan_cache"
-# The final model of a run is the last stage it exported; later stages first.
-STAGES_LAST_FIRST = ("srgan", "srresnet")
 
 
 def generator_file_name(stage: str) -> str:

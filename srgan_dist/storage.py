@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+from srgan_dist.errors import UserError
+
 SCHEMES = ("s3", "gs")
 # Query parameters pyarrow accepts that carry secrets: refused (they would be written to disk).
 CREDENTIAL_PARAMETERS = ("access_key", "secret_key", "session_token", "access_token")
@@ -54,15 +56,15 @@ def check_uri(uri: str, key: str = "run.storage") -> None:
     credentials in it."""
     parts = urlsplit(uri)
     if parts.scheme not in SCHEMES:
-        raise ValueError(
+        raise UserError(
             f"{key}: {uri!r} is a {parts.scheme}:// URI; storage takes a local or shared path, "
             "or an s3:// or gs:// URI"
         )
     if not parts.netloc:
-        raise ValueError(f"{key}: {uri!r} names no bucket; e.g. s3://my-bucket/runs")
+        raise UserError(f"{key}: {uri!r} names no bucket; e.g. s3://my-bucket/runs")
     secrets = sorted({name for name, _ in parse_qsl(parts.query)} & set(CREDENTIAL_PARAMETERS))
     if secrets:
-        raise ValueError(
+        raise UserError(
             f"{key}: the URI carries credentials ({', '.join(secrets)}); it is written into config.yaml "
             "and logs, so give credentials through the environment instead (AWS_ACCESS_KEY_ID / "
             "AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)"

@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from srgan_dist.errors import UserError
 from srgan_dist.models.vgg import vgg19_features
 
 log = logging.getLogger(__name__)
 
 
-class VGGWeightsUnavailable(RuntimeError):
+class VGGWeightsUnavailable(UserError):
     """ImageNet VGG19 weights could not be loaded (typically: no internet, nothing cached)."""
 
 
@@ -52,7 +53,7 @@ def load_vgg19_features(weights: str, allow_random_fallback: bool = False) -> nn
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError/RuntimeError/EOFError on a bad file
-        raise ValueError(f"loss.vgg_weights: {path} is not a readable torch state dict: {error}") from error
+        raise UserError(f"loss.vgg_weights: {path} is not a readable torch state dict: {error}") from error
     from torchvision.models import vgg19
 
     try:
@@ -60,9 +61,7 @@ def load_vgg19_features(weights: str, allow_random_fallback: bool = False) -> nn
             vgg19(weights=None).load_state_dict(state, assign=True)
         return _features_from_state(state)
     except (RuntimeError, TypeError, AttributeError) as error:  # TypeError: not a mapping
-        raise ValueError(
-            f"loss.vgg_weights: {path} is not a torchvision vgg19 state dict: {error}"
-        ) from error
+        raise UserError(f"loss.vgg_weights: {path} is not a torchvision vgg19 state dict: {error}") from error
 
 
 def _features_from_state(state: dict[str, torch.Tensor]) -> nn.Sequential:

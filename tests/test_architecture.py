@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "srgan_dist"
 FLOORS: dict[str, int] = {
     # 0: pure definitions: typed config, run-dir names (and their cloud storage), pixels, metrics,
     # networks, losses
-    "config": 0, "rundir": 0, "storage": 0, "pixels": 0, "metrics": 0, "models": 0, "models.": 0, "losses": 0,
+    "config": 0, "errors": 0, "stages": 0, "atomic": 0, "rundir": 0, "storage": 0, "pixels": 0, "metrics": 0, "models": 0, "models.": 0, "losses": 0,
     # 1: components that read and write files, one process
     "data": 1, "data.": 1, "pictures": 1, "vgg_weights": 1, "generator_io": 1, "monitor": 1,
     "infer": 1, "evaluate": 1, "export": 1, "console": 1, "summary": 1,

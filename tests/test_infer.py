@@ -20,6 +20,7 @@ from conftest import make_photo
 from PIL import Image
 
 from srgan_dist.cli import main
+from srgan_dist.errors import UserError
 from srgan_dist.generator_io import GeneratorSpec, load_generator, save_generator
 from srgan_dist.infer import (
     DEFAULT_OVERLAP,
@@ -143,13 +144,13 @@ def test_untiled_is_the_plain_forward_pass() -> None:
     [({"tile": -1}, "--tile"), ({"tile": 32, "overlap": 17}, "half"), ({"batch": 0}, "--batch")],
 )
 def test_bad_tiling_is_rejected(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(UserError, match=message):
         Tiling(**kwargs)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
 def test_cuda_without_a_gpu_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r"--device cuda: CUDA is not available.*--device cpu"):
+    with pytest.raises(UserError, match=r"--device cuda: CUDA is not available.*--device cpu"):
         resolve_device("cuda")
     assert resolve_device(None).type == "cpu"
 
@@ -164,13 +165,13 @@ def test_cuda_index_is_checked_against_the_visible_gpus(monkeypatch) -> None:
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     assert resolve_device("cuda") == torch.device("cuda")
     assert resolve_device(None).type == "cuda"
-    with pytest.raises(ValueError, match=r"--device cuda:2: this process sees 2 GPU\(s\).*cuda:0 … cuda:1"):
+    with pytest.raises(UserError, match=r"--device cuda:2: this process sees 2 GPU\(s\).*cuda:0 … cuda:1"):
         resolve_device("cuda:2")
     pretend_gpus(monkeypatch, 0)
-    with pytest.raises(ValueError, match=r"--device cuda:0: CUDA is not available"):
+    with pytest.raises(UserError, match=r"--device cuda:0: CUDA is not available"):
         resolve_device("cuda:0")
     for bad in ("gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", "cuda:0:1"):
-        with pytest.raises(ValueError, match="--device must be cpu, cuda or cuda:N"):
+        with pytest.raises(UserError, match="--device must be cpu, cuda or cuda:N"):
             resolve_device(bad)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from srgan_dist import jobs
+from srgan_dist.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +71,7 @@ def test_training_job_runs_launch_py_on_the_cluster_with_the_project_uploaded(tm
 
 
 def test_training_job_checks_the_config_before_uploading_anything(tmp_path):
-    with pytest.raises(ValueError, match=r"srresnet\.iterations"):
+    with pytest.raises(ConfigError, match=r"srresnet\.iterations"):
         jobs.build_training_job(
             config=str(ROOT / "configs" / "demo.yaml"),
             options=jobs.JobOptions(working_dir=ROOT),

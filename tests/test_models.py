@@ -14,6 +14,7 @@ import torchvision.models
 from torch import nn
 from torchvision.models import vgg19
 
+from srgan_dist.errors import UserError
 from srgan_dist.models import VGG_LAYER_NAMES, Discriminator, Generator, VGGFeatures
 from srgan_dist.models.vgg import vgg19_features
 from srgan_dist.vgg_weights import VGGWeightsUnavailable, load_vgg19_features
@@ -263,7 +264,7 @@ def test_wrong_weights_files_name_the_path(tmp_path: Path) -> None:
     tensor = tmp_path / "tensor.pth"
     torch.save(torch.zeros(3), tensor)
     for path in (wrong_model, garbage, tensor):
-        with torch.device("meta"), pytest.raises(ValueError) as info:
+        with torch.device("meta"), pytest.raises(UserError) as info:
             load_vgg19_features(str(path))
         assert str(path) in str(info.value)
     with pytest.raises(FileNotFoundError, match=r"missing\.pth"):

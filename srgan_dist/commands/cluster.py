@@ -16,6 +16,7 @@ import json
 import shlex
 import sys
 
+from srgan_dist.errors import UserError
 from srgan_dist.rundir import TENSORBOARD_DIR
 from srgan_dist.storage import is_uri
 
@@ -124,7 +125,7 @@ def _job_server_errors(command):
         except Exception as error:
             from ray.exceptions import AuthenticationError  # Ray is loaded by now if it matters
 
-            if not isinstance(error, (AuthenticationError, ConnectionError, RuntimeError)):
+            if not isinstance(error, (AuthenticationError, ConnectionError, RuntimeError, UserError)):
                 raise
             print(f"srgan-dist {args.command}: {error}", file=sys.stderr)
             return 1
@@ -177,7 +178,7 @@ def run_submit(args: argparse.Namespace) -> int:
                 verbose=args.verbose,
                 options=options,
             )
-    except (jobs.JobError, ValueError) as error:
+    except UserError as error:
         print(f"srgan-dist submit: {error}", file=sys.stderr)
         return 2
 

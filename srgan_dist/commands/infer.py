@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 
+from srgan_dist.errors import UserError
+
 WEIGHTS_HELP = (
     "generator_<stage>.safetensors (with its .json beside it or config in its metadata), "
     "or a run directory <storage>/<name> (uses its final generator; see --stage)"
@@ -64,7 +66,7 @@ def _setup(args: argparse.Namespace):
 
     if args.threads is not None:
         if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     return Tiling(tile=args.tile, overlap=args.overlap, batch=args.batch), resolve_device(args.device)
 
@@ -79,7 +81,7 @@ def run_upscale(args: argparse.Namespace) -> int:
             args.weights, inputs, args.output, tiling=tiling, device=str(device), stage=args.stage,
             overwrite=args.overwrite,
         )  # fmt: skip
-    except ValueError as error:  # includes WeightsError
+    except UserError as error:
         return _fail("upscale", error)
     print(f"wrote {len(report.written)} image(s) at x{report.spec.scale} to {args.output}")
     if report.failed:
@@ -95,10 +97,10 @@ def _check_json_path(path: str) -> None:
     import os
 
     if os.path.isdir(path):
-        raise ValueError(f"--json {path} is a folder; give a file name")
+        raise UserError(f"--json {path} is a folder; give a file name")
     folder = os.path.dirname(path) or "."
     if not os.path.isdir(folder):
-        raise ValueError(f"--json {path}: folder {folder} does not exist")
+        raise UserError(f"--json {path}: folder {folder} does not exist")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -112,12 +114,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         path = find_generator(args.weights, args.stage)
         model, spec = load_generator(path)
         if args.scale is not None and args.scale != spec.scale:
-            raise ValueError(f"--scale {args.scale} differs from the generator's scale {spec.scale} ({path})")
+            raise UserError(f"--scale {args.scale} differs from the generator's scale {spec.scale} ({path})")
         report = evaluate(
             model.to(device), spec, args.hr, weights_label=str(path), lr_dir=args.lr_dir,
             tiling=tiling, device=device, lpips=args.lpips,
         )  # fmt: skip
-    except ValueError as error:
+    except UserError as error:
         return _fail("evaluate", error)
     print(f"{path} (x{spec.scale}, stage {spec.stage or '?'}, step {spec.step}) on {args.hr}")
     print(report.table())
@@ -142,7 +144,7 @@ def run_export(args: argparse.Namespace) -> int:
     except ExportError as error:
         print(f"srgan-dist export: {error}", file=sys.stderr)
         return 1
-    except ValueError as error:
+    except UserError as error:
         return _fail("export", error)
     for check in result.checks:
         print(

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from srgan_dist import storage
+from srgan_dist.errors import UserError
 from srgan_dist.rundir import TENSORBOARD_DIR, RunDir
 from srgan_dist.storage import StorageError
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             storage.check_uri(args.run_dir, "run_dir")
             run_dir = download_events(args.run_dir)
-        except (ValueError, StorageError) as error:
+        except (UserError, StorageError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
     else:

@@ -75,11 +75,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from srgan_dist.config import ConfigError
-    from srgan_dist.data import DataError
-    from srgan_dist.driver import RunError, run_dir_of, run_training
+    from srgan_dist.driver import run_dir_of, run_training
+    from srgan_dist.errors import UserError
     from srgan_dist.storage import StorageError
-    from srgan_dist.vgg_weights import VGGWeightsUnavailable
 
     server = None
     log_file = None
@@ -91,14 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
             server = start_tensorboard(run_dir_of(cfg).root.resolve(), host="127.0.0.1", port=6006)
         run_training(cfg, resume=args.resume, address=args.address, verbose=args.verbose)
-    except (
-        ConfigError,
-        DataError,
-        RunError,
-        StorageError,
-        VGGWeightsUnavailable,
-        FileNotFoundError,
-    ) as error:
+    except (UserError, StorageError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         if log_file is not None and log_file.is_file():
             print(f"Full log: {log_file}", file=sys.stderr)

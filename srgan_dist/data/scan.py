@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from srgan_dist.config import DataConfig
+from srgan_dist.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ SIDECAR_SUFFIXES = (".json", ".jsonl", ".txt", ".md", ".csv", ".yaml", ".yml", "
 other file, whatever its extension, is classified by content. Hidden files are passed over too."""
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad input data a user has to fix; the message names each file (or config key) and why."""
 
 

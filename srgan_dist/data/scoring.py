@@ -53,6 +53,12 @@ def read_rgb8(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: not a readable image ({error})") from error
 
 
+def min_scoring_side(scale: int) -> int:
+    """The smallest HR side that can be scored: SSIM's 11x11 window needs 11 px left after
+    cropping ``scale`` px from each border, and the LR image at least 4 px."""
+    return max(scale * 4, 11 + 2 * scale)
+
+
 def reference_pair(hr_HWC: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """(LR, HR) uint8: HR cropped bottom/right to a multiple of ``scale``, LR its bicubic downscale."""
     hr_HWC = crop_to_multiple(hr_HWC, scale)

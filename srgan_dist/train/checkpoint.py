@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from srgan_dist.errors import UserError
 from srgan_dist.rundir import CONFIG_FILE
 from srgan_dist.storage import delete_folder, join, list_folders, local_copy
 
@@ -40,7 +41,7 @@ MANIFEST_FILES = (STATE_FILE, CONFIG_FILE, META_FILE)
 _DIR_PATTERN = re.compile(r"step-(\d{8})")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint folder that cannot be resumed from; the message names it."""
 
 

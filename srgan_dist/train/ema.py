@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from srgan_dist.config import ConfigError
+
 
 def warmed_up_decay(decay: float, updates_so_far: int) -> float:
     """The decay applied at an update after ``updates_so_far`` earlier ones."""
@@ -37,7 +39,7 @@ class GeneratorEMA:
 
     def __init__(self, generator: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
-            raise ValueError(f"train.ema_decay must be in (0, 1) to keep an EMA, got {decay}")
+            raise ConfigError(f"train.ema_decay must be in (0, 1) to keep an EMA, got {decay}")
         self.decay = decay
         self.updates = 0
         self.module = copy.deepcopy(generator).eval().requires_grad_(False)

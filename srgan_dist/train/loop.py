@@ -40,6 +40,7 @@ import ray.train.torch
 import torch
 
 from srgan_dist.config import Config, config_from_dict
+from srgan_dist.errors import UserError
 from srgan_dist.monitor import console_logger
 from srgan_dist.rundir import RunDir
 from srgan_dist.summary import load_summary, record_stage, stage_finished, stage_summary
@@ -62,7 +63,7 @@ def report_to_ray(
 
 
 def stop_without_restart(
-    error: ValueError | None, run_dir: RunDir, stage: str, rank: int, device: torch.device
+    error: UserError | None, run_dir: RunDir, stage: str, rank: int, device: torch.device
 ) -> bool:
     """True on every rank when any rank could not start; those ranks write why for the driver."""
     if error is not None:
@@ -136,7 +137,7 @@ def train_stage(
         console.info(f"Stage {stage}: {cfg.stage(stage).iterations} steps")
     # Ray registers a reported checkpoint when its controller next polls the workers (~2 s).
     wait = lambda: ray.train.get_all_reported_checkpoints(timeout_s=60)  # noqa: E731
-    error: ValueError | None = None
+    error: UserError | None = None
     try:
         trainer = StageTrainer(
             cfg,
@@ -151,7 +152,7 @@ def train_stage(
             hooks=FaultHooks(loop_config.get("test_hooks") or {}, wait),
         )
         trainer.resume(init_generator)
-    except ValueError as caught:  # config, hand-off or checkpoints: a restart would meet it again
+    except UserError as caught:  # config, hand-off or checkpoints: a restart would meet it again
         error = caught
     if stop_without_restart(error, run_dir, stage, rank, device):
         return False

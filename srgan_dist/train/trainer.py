@@ -35,7 +35,7 @@ from torch import nn
 from srgan_dist.config import Config, StageConfig, to_yaml
 from srgan_dist.data import build_train_loader, build_val_set
 from srgan_dist.data.train_loader import derive_seed
-from srgan_dist.generator_io import GeneratorSpec, load_generator, save_generator
+from srgan_dist.generator_io import GeneratorSpec, WeightsError, load_generator, save_generator
 from srgan_dist.losses import PerceptualLoss
 from srgan_dist.models import Discriminator, Generator, VGGFeatures
 from srgan_dist.monitor import make_monitor
@@ -142,7 +142,7 @@ def load_handoff_generator(generator: Generator, path: str, cfg: Config) -> None
     """Initialise ``generator`` from the previous stage's exported weights."""
     loaded, spec = load_generator(path)
     if not spec.same_model(GeneratorSpec.from_model_config(cfg.model)):
-        raise ValueError(f"{path}: generator {spec} does not match model config {cfg.model}")
+        raise WeightsError(f"{path}: generator {spec} does not match model config {cfg.model}")
     generator.load_state_dict(loaded.state_dict())
 
 
