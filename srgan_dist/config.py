@@ -76,6 +76,18 @@ def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_YamlLoader)  # safe: a SafeLoader subclass
 
 
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (tags that would run code included)."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        where = (
+            f" at line {error.problem_mark.line + 1}, column {error.problem_mark.column + 1}"
+            if error.problem_mark
+            else ""
+        )
+        return f"{error.problem or error.context}{where}"
+    return " ".join(str(error).split())
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {message}")
@@ -322,7 +334,7 @@ class RunConfig:
         if is_uri(self.storage):
             try:
                 check_uri(self.storage, "run.storage")
-            except ValueError as error:
+            except UserError as error:
                 raise ConfigError(str(error)) from None
 
 
@@ -493,7 +505,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError(f"override {text!r}: bad key {key!r}")
-    return parts, _yaml_load(value_text) if value_text.strip() else ""
+    if not value_text.strip():
+        return parts, ""
+    try:
+        return parts, _yaml_load(value_text)
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"override {key.strip()}: the value is not valid YAML ({_yaml_problem(error)})"
+        ) from None
 
 
 def _is_text_field(parts: list[str]) -> bool:
@@ -536,7 +555,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         raw = _yaml_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+        raise ConfigError(f"config file {path} is not valid YAML ({_yaml_problem(error)})") from None
     if raw is None:  # an empty file
         raw = {}
     if not isinstance(raw, dict):
@@ -552,6 +571,15 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     except ConfigError as error:
         where = f" (in {path} or the overrides)" if path is not None else ""
         raise ConfigError(f"{error}{where}") from None
+
+
+def load_saved_config(path: str | Path) -> Config:
+    """A run's own ``config.yaml`` (a run directory's or a checkpoint's), with errors naming it."""
+    try:
+        return config_from_dict(load_yaml(path))
+    except ConfigError as error:
+        message = str(error)
+        raise ConfigError(message if str(path) in message else f"{message} (in {path})") from None
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from srgan_dist.atomic import atomic_path
 from srgan_dist.errors import UserError
 from srgan_dist.generator_io import GeneratorSpec, find_generator, load_generator, save_generator
 from srgan_dist.models import Generator, generator_output_to_unit
@@ -157,12 +158,21 @@ def export_generator(
     path = Path(output) if output is not None else default_output(source, fmt)
     if path.resolve() == source.resolve():
         raise UserError(f"--output {path} is the source weights file; choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "safetensors":
-        save_generator(model, spec, path)
-        return ExportResult(path, spec, ())
-    upscaler = UnitRangeUpscaler(model).eval()
-    checks = export_onnx(upscaler, spec, path) if fmt == "onnx" else export_torchscript(upscaler, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "safetensors":
+            save_generator(model, spec, path)
+            return ExportResult(path, spec, ())
+        upscaler = UnitRangeUpscaler(model).eval()
+        # Written beside the target and renamed: never half a file, never through a planted link.
+        with atomic_path(path) as partial:
+            checks = (
+                export_onnx(upscaler, spec, partial)
+                if fmt == "onnx"
+                else export_torchscript(upscaler, partial)
+            )
+    except OSError as error:
+        raise UserError(f"--output {path}: cannot be written ({error.strerror or error})") from None
     worst = max(check.max_abs_diff for check in checks)
     if worst > PARITY_TOLERANCE:
         raise ExportError(

@@ -23,13 +23,27 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
+from srgan_dist import atomic
 from srgan_dist.errors import UserError
 
 SCHEMES = ("s3", "gs")
-# Query parameters pyarrow accepts that carry secrets: refused (they would be written to disk).
+# The query parameters pyarrow 26's S3 and GCS ``from_uri`` accept without credentials; any other
+# parameter is refused by name (its value is never echoed: it may be a secret).
+QUERY_PARAMETERS = {
+    "s3": (
+        "region", "scheme", "endpoint_override", "allow_bucket_creation", "allow_bucket_deletion",
+        "tls_ca_file_path", "tls_verify_certificates", "allow_delayed_open", "smart_defaults",
+    ),
+    "gs": ("scheme", "endpoint_override", "project_id", "retry_limit_seconds"),
+}  # fmt: skip
+# Parameters that carry secrets, and words that mark one: refused (they would be written to disk).
 CREDENTIAL_PARAMETERS = ("access_key", "secret_key", "session_token", "access_token")
+SECRET_WORDS = ("secret", "token", "password", "credential", "access_key")
+CREDENTIALS_FROM_ENV = (
+    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS"
+)
 WRITE_CHECK_FILE = ".srgan-dist-write-check"
 COPY_CHUNK_BYTES = 64 * 2**20  # Ray Train's for checkpoints; each read of an S3 file is one request
 # What to check, for the errors a user meets first (pyarrow's AWS error names).
@@ -46,29 +60,81 @@ class StorageError(OSError):
     """Reading or writing cloud storage failed; the message names the operation and the URI."""
 
 
+class UnsafeObjectKey(StorageError):
+    """An object whose key would be written outside the local folder it is downloaded into."""
+
+
 def is_uri(location: str | Path) -> bool:
     """True for ``scheme://...`` (cloud storage, a job server URL), False for a filesystem path."""
     return "://" in str(location)
 
 
 def check_uri(uri: str, key: str = "run.storage") -> None:
-    """Raise ``ValueError`` naming ``key`` unless ``uri`` is an ``s3://`` / ``gs://`` URI without
-    credentials in it."""
+    """Raise ``UserError`` naming ``key`` unless ``uri`` is an ``s3://`` / ``gs://`` URI that is
+    safe to write into files and build local paths from: no credentials (user-info or query
+    parameters), only the query parameters pyarrow documents for the scheme, and no ``.`` / ``..``
+    path segment (also percent-encoded), which would leave the bucket prefix or the local working
+    copy. Credential checks come first and no message echoes a URI that fails them."""
     parts = urlsplit(uri)
+    if "@" in parts.netloc and parts.netloc.partition("@")[0] != "anonymous":
+        raise UserError(
+            f"{key}: the URI carries credentials before '@'; it is written into config.yaml, logs and "
+            f"folder names, so give credentials through the environment instead ({CREDENTIALS_FROM_ENV})"
+        )
+    names = [name for name, _ in parse_qsl(parts.query, keep_blank_values=True)]
+    secrets = sorted({name for name in names if _looks_secret(name)})
+    if secrets:
+        raise UserError(
+            f"{key}: the URI carries credentials ({', '.join(secrets)}); it is written into config.yaml "
+            f"and logs, so give credentials through the environment instead ({CREDENTIALS_FROM_ENV})"
+        )
     if parts.scheme not in SCHEMES:
         raise UserError(
             f"{key}: {uri!r} is a {parts.scheme}:// URI; storage takes a local or shared path, "
             "or an s3:// or gs:// URI"
         )
-    if not parts.netloc:
-        raise UserError(f"{key}: {uri!r} names no bucket; e.g. s3://my-bucket/runs")
-    secrets = sorted({name for name, _ in parse_qsl(parts.query)} & set(CREDENTIAL_PARAMETERS))
-    if secrets:
+    unknown = sorted(set(names) - set(QUERY_PARAMETERS[parts.scheme]))
+    if unknown:
         raise UserError(
-            f"{key}: the URI carries credentials ({', '.join(secrets)}); it is written into config.yaml "
-            "and logs, so give credentials through the environment instead (AWS_ACCESS_KEY_ID / "
-            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS)"
+            f"{key}: unknown query parameter(s) {', '.join(unknown)} in the {parts.scheme}:// URI "
+            f"(known: {', '.join(QUERY_PARAMETERS[parts.scheme])})"
         )
+    bucket = parts.netloc.rpartition("@")[2]
+    if not bucket:
+        raise UserError(f"{key}: {uri!r} names no bucket; e.g. s3://my-bucket/runs")
+    if any(segment in (".", "..") for segment in _decoded(f"{bucket}/{parts.path}").split("/")):
+        raise UserError(
+            f"{key}: {uri!r} has a '.' or '..' path segment; name the folder directly "
+            "(such a URI can point outside the bucket prefix it seems to name)"
+        )
+
+
+def _looks_secret(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in CREDENTIAL_PARAMETERS or any(word in lowered for word in SECRET_WORDS)
+
+
+def _decoded(text: str) -> str:
+    """``text`` percent-decoded until nothing changes (``%252e`` is ``.`` after two rounds)."""
+    while (decoded := unquote(text)) != text:
+        text = decoded
+    return text
+
+
+def check_key(key: str, folder: str) -> str:
+    """The relative path an object ``key`` found under ``folder`` maps to locally; raises
+    ``UnsafeObjectKey`` when it would leave the folder (``..``, ``.``, an empty segment or a
+    leading ``/``). Keys come from whoever can write to the bucket."""
+    prefix = folder.rstrip("/") + "/"
+    relative = key[len(prefix) :] if key.startswith(prefix) else None
+    segments = relative.split("/") if relative else []
+    if relative is None or not segments or any(part in ("", ".", "..") or "\\" in part for part in segments):
+        raise UnsafeObjectKey(
+            f"object {key!r} under {folder!r} has a key that would be written outside the folder it "
+            "belongs to; it was not downloaded (srgan-dist never writes such keys: whoever can write "
+            "to the bucket put it there)"
+        )
+    return relative
 
 
 def join(uri: str, *parts: str) -> str:
@@ -91,9 +157,11 @@ def name_of(uri: str) -> str:
 
 def working_copy(uri: str) -> Path:
     """The local folder that mirrors ``uri`` on this machine (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    check_uri(uri)  # no credentials in the folder's name, no '..' out of the cache
     parts = urlsplit(uri)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "srgan-dist" / "runs" / parts.scheme / parts.netloc / parts.path.strip("/")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srgan-dist" / "runs"
+    bucket = parts.netloc.rpartition("@")[2]
+    return cache / parts.scheme / bucket / parts.path.strip("/")
 
 
 @contextlib.contextmanager
@@ -164,7 +232,9 @@ def upload(local: Path, uri: str) -> None:
 def download(uri: str, local: Path) -> bool:
     """Copy the file or folder at ``uri`` to ``local``; False (nothing copied) when it does not exist.
 
-    A file arrives under a temporary name and is renamed, so ``local`` is never half-written.
+    Each file arrives under a temporary name and is renamed, so it is never half-written. A folder's
+    object keys are all checked (:func:`check_key`) before anything is written: one that would
+    land outside ``local`` raises ``UnsafeObjectKey`` naming it.
     """
     import pyarrow.fs
 
@@ -172,15 +242,29 @@ def download(uri: str, local: Path) -> bool:
     if info.type == pyarrow.fs.FileType.NotFound:
         return False
     fs, path = open_uri(uri)
-    is_folder = info.type == pyarrow.fs.FileType.Directory
-    (local if is_folder else local.parent).mkdir(parents=True, exist_ok=True)  # copy_files does not
-    target = local if is_folder else local.with_name(local.name + ".part")
-    with _operation(f"downloading to {local} from", uri):
-        pyarrow.fs.copy_files(
-            path, str(target), fs, pyarrow.fs.LocalFileSystem(), chunk_size=COPY_CHUNK_BYTES
-        )
-    if target != local:
-        target.replace(local)
+    if info.type == pyarrow.fs.FileType.Directory:
+        with _operation("listing", uri):
+            infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
+        files = [
+            (info.path, check_key(info.path, path)) for info in infos if info.type == pyarrow.fs.FileType.File
+        ]
+    else:
+        files = [(path, "")]
+    local = Path(local)
+    for key, relative in files:
+        target = local / relative if relative else local
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _operation(f"downloading to {target} from", uri), atomic.atomic_path(target) as partial:
+            pyarrow.fs.copy_files(
+                key,
+                str(partial),
+                fs,
+                pyarrow.fs.LocalFileSystem(),
+                chunk_size=COPY_CHUNK_BYTES,
+                use_threads=False,
+            )
+    if not files:
+        local.mkdir(parents=True, exist_ok=True)
     return True
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from srgan_dist.errors import UserError
+from srgan_dist.errors import UserError, torch_load_problem
 from srgan_dist.models.vgg import vgg19_features
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,9 @@ def load_vgg19_features(weights: str, allow_random_fallback: bool = False) -> nn
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError/RuntimeError/EOFError on a bad file
-        raise UserError(f"loss.vgg_weights: {path} is not a readable torch state dict: {error}") from error
+        raise UserError(
+            f"loss.vgg_weights: {path} is not a readable torch state dict: {torch_load_problem(error)}"
+        ) from None
     from torchvision.models import vgg19
 
     try:
@@ -61,7 +63,9 @@ def load_vgg19_features(weights: str, allow_random_fallback: bool = False) -> nn
             vgg19(weights=None).load_state_dict(state, assign=True)
         return _features_from_state(state)
     except (RuntimeError, TypeError, AttributeError) as error:  # TypeError: not a mapping
-        raise UserError(f"loss.vgg_weights: {path} is not a torchvision vgg19 state dict: {error}") from error
+        raise UserError(
+            f"loss.vgg_weights: {path} is not a torchvision vgg19 state dict ({torch_load_problem(error)})"
+        ) from None
 
 
 def _features_from_state(state: dict[str, torch.Tensor]) -> nn.Sequential:
