@@ -202,6 +202,26 @@ def exists(uri: str) -> bool:
     return _info(uri).type != pyarrow.fs.FileType.NotFound
 
 
+def file_info(uri: str):  # -> pyarrow.fs.FileInfo | None
+    """The file at ``uri`` (size, mtime), or None when there is none."""
+    import pyarrow.fs
+
+    info = _info(uri)
+    return info if info.type == pyarrow.fs.FileType.File else None
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = open_uri(uri)
+    with _operation("reading", uri), fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = open_uri(uri)
+    with _operation("writing", uri), fs.open_output_stream(path) as stream:
+        stream.write(data)
+
+
 def list_folders(location: str | Path) -> list[str]:
     """Names of the sub-folders of a local folder or URI ([] when it does not exist)."""
     import pyarrow.fs
