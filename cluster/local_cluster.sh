@@ -194,7 +194,10 @@ print_address() {
 }
 
 cmd_up() {
+    # Ray makes its session folders world-writable (0777) and its logs world-readable, and the
+    # logs can hold what jobs were given: only this user may enter the folder that holds them.
     mkdir -p "$STATE_DIR"
+    chmod 700 "$STATE_DIR"
     if [[ "$AUTH" == token && ! -s "$STATE_DIR/auth_token" ]]; then
         (umask 077; od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$STATE_DIR/auth_token")
     fi

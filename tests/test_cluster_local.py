@@ -27,6 +27,8 @@ def test_up_is_idempotent_and_status_shows_two_nodes(cluster):
     status = cluster.script("status")
     assert status.returncode == 0, status.stderr
     assert "alive nodes: 2" in status.stdout
+    # Ray's session folders are 0777 and its logs 0644: only this user may enter their parent.
+    assert Path(cluster.tmp).stat().st_mode & 0o777 == 0o700
 
 
 def test_submitted_job_runs_tasks_on_both_nodes_with_the_project_python(cluster):
