@@ -48,11 +48,6 @@ class Picture:
     bit_depth: int
     """8 or 16: bits per channel of the file to write."""
 
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height), as Pillow reports sizes."""
-        return self.rgb.shape[1], self.rgb.shape[0]
-
 
 def image_files(folder: Path) -> list[Path]:
     """Image files (by extension Pillow knows) directly in ``folder``, sorted; hidden files skipped."""

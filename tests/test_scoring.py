@@ -73,9 +73,11 @@ def test_validation_and_evaluate_give_the_same_scores(tmp_path: Path) -> None:
     report = evaluate(model, spec, hr_dir, tiling=Tiling(tile=0))
 
     by_name = {Path(scores.name).stem: scores for scores in report.images}
-    assert sorted(by_name) == sorted(item.name for item in val_set) == ["rgb", "rgba"]
-    for item in val_set:
-        expected = by_name[item.name]
+    # build_val_set keeps the order of its sorted paths; a converted copy keeps its source's stem
+    val_names = [Path(path).stem for path in sorted(scanned.files)]
+    assert sorted(by_name) == sorted(val_names) == ["rgb", "rgba"]
+    for name, item in zip(val_names, val_set, strict=True):
+        expected = by_name[name]
         assert tuple(item.hr.shape[-2:][::-1]) == expected.hr_size
         sums, grid = Validator([item], [], SCALE, CPU, grid_crop=16).run(model, contextlib.nullcontext)
         assert grid is None

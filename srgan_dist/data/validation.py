@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -15,8 +14,6 @@ from srgan_dist.pixels import to_tensor
 class ValImage:
     """One validation pair, batch of 1, on the worker's device; values are multiples of 1/255."""
 
-    name: str
-    """File stem, for logs and image grids."""
     lr: torch.Tensor
     """1x3xhxw float32 in [0, 1]: the 8-bit bicubic downscale of ``hr``."""
     hr: torch.Tensor
@@ -34,5 +31,5 @@ def build_val_set(files: list[str], *, scale: int, device: torch.device) -> list
     pairs = []
     for path in sorted(files):
         lr, hr = reference_pair(read_rgb8(path), scale)
-        pairs.append(ValImage(Path(path).stem, to_tensor(lr, device), to_tensor(hr, device)))
+        pairs.append(ValImage(to_tensor(lr, device), to_tensor(hr, device)))
     return pairs
