@@ -13,12 +13,11 @@ from PIL import Image
 
 from srgan_dist.config import DataConfig
 from srgan_dist.data import build_val_set, scan_images
-from srgan_dist.data.scoring import read_rgb8
 from srgan_dist.evaluate import evaluate
 from srgan_dist.generator_io import GeneratorSpec
 from srgan_dist.infer import Tiling
 from srgan_dist.models import Generator
-from srgan_dist.pictures import ImageReadError
+from srgan_dist.pictures import ImageReadError, read_rgb8
 from srgan_dist.train.validation import Validator
 
 SCALE = 4

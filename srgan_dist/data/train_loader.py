@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from srgan_dist.data.resize import bicubic_downscale
-from srgan_dist.data.scan import DataError, load_rgb
+from srgan_dist.data.scan import DataError
+from srgan_dist.pictures import load_rgb
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from srgan_dist.data.scoring import read_rgb8, reference_pair
+from srgan_dist.data.scoring import reference_pair
+from srgan_dist.pictures import read_rgb8
 from srgan_dist.pixels import to_tensor
 
 
@@ -23,7 +24,7 @@ class ValImage:
 def build_val_set(files: list[str], *, scale: int, device: torch.device) -> list[ValImage]:
     """Whole-image (LR, HR) pairs from ``files``, sorted by path.
 
-    Each pair is ``scoring.reference_pair`` of ``scoring.read_rgb8``: LR is
+    Each pair is ``scoring.reference_pair`` of ``pictures.read_rgb8``: LR is
     ``resize.bicubic_downscale`` (PIL BICUBIC, antialiased, 8-bit), which the DALI training
     resize matches within a fraction of a grey level, and which ``evaluate`` uses too.
     """
