@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from srgan_dist.atomic import atomic_path
 from srgan_dist.errors import UserError
 from srgan_dist.pixels import quantize
 
@@ -183,8 +184,9 @@ def picture_to_pil(picture: Picture) -> Image.Image:
 
 
 def write_png(picture: Picture, path: str | Path) -> Path:
-    """Write ``picture`` as PNG at ``path`` (parent folders created)."""
+    """Write ``picture`` as PNG at ``path`` through a fresh temporary file renamed over it, so a
+    symlink planted at ``path`` is replaced, never followed (``srgan_dist/atomic.py``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture_to_pil(picture).save(path, format="PNG")
+    with atomic_path(path) as partial:
+        picture_to_pil(picture).save(partial, format="PNG")
     return path
