@@ -440,3 +440,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(run_dir: Path, tmp_pat
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "--output /proc/x: cannot create this folder" in err
+    assert main([*argv[:-1], "/proc"]) == 2  # a folder that exists but takes no files
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--output: cannot write /proc/p.png" in err
