@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 from srgan_dist.data.resize import bicubic_upscale
-from srgan_dist.data.scoring import min_scoring_side, read_rgb8, reference_pair, score_y
+from srgan_dist.data.scoring import min_scoring_side, reference_pair, score_y
 from srgan_dist.errors import UserError
 from srgan_dist.generator_io import GeneratorSpec
 from srgan_dist.infer import DEFAULT_TILING, Tiling, upscale_rgb
 from srgan_dist.models import Generator
-from srgan_dist.pictures import image_files
+from srgan_dist.pictures import image_files, read_rgb8
 from srgan_dist.pixels import quantize, to_tensor, to_unit
 
 LR_METHOD = "PIL BICUBIC, antialiased (srgan_dist.data.resize.bicubic_downscale)"

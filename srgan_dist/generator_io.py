@@ -1,8 +1,10 @@
 """Generator weight files: ``generator_<stage>.safetensors`` plus ``generator_<stage>.json``.
 
 The safetensors file holds the state dict and, in its metadata, the JSON model config; the JSON
-file beside it holds the same config for people and other tools. Loading never unpickles: it
-reads safetensors, or a ``torch.load(weights_only=True)`` checkpoint written by training.
+file beside it holds the same config for people and other tools. Loading reads only safetensors,
+so it never unpickles; ``--weights`` names such a file or a run directory (its last exported
+stage), local or in cloud storage. Training checkpoints are not generator files: each stage
+exports its generator here when it ends.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import safe_open, save_file
 
-from srgan_dist import storage
+from srgan_dist import atomic, storage
 from srgan_dist.config import ModelConfig
 from srgan_dist.errors import UserError
 from srgan_dist.models import Generator
@@ -133,19 +135,18 @@ def sidecar_path(weights_path: Path) -> Path:
 def save_generator(model: torch.nn.Module, spec: GeneratorSpec, path: str | Path) -> Path:
     """Write ``path`` (safetensors, config in metadata) and its JSON sidecar; return ``path``.
 
-    Both files are written under temporary names and renamed, so a crash never leaves a
-    half-written generator behind an existing good one.
+    Each file is written under a temporary name and renamed, so a crash never leaves a
+    half-written file behind an existing good one. Readers take the weights file as "the
+    generator exists" (``RunDir.final_generator``) and read the sidecar beside it first, so the
+    sidecar lands before the weights, as the bucket upload does (``RunDir.push_generator``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
     config_text = json.dumps(spec.to_json(), indent=2)
-    tmp_weights = path.with_name(path.name + ".tmp")
-    tmp_json = path.with_name(path.name + ".json.tmp")
-    save_file(state, str(tmp_weights), metadata={"srgan_dist": config_text})
-    tmp_json.write_text(config_text + "\n")
-    tmp_weights.replace(path)
-    tmp_json.replace(sidecar_path(path))
+    with atomic.atomic_path(path) as partial_weights:
+        save_file(state, str(partial_weights), metadata={"srgan_dist": config_text})
+        atomic.write_text(sidecar_path(path), config_text + "\n")
     return path
 
 

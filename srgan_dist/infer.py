@@ -1,6 +1,8 @@
-"""Tiled upscaling with a trained generator: any image size, only the current tiles on the device.
+"""Tiled inference with a trained generator: any image size, only the current tiles on the device.
 
-    srgan-dist upscale --weights runs/demo --input photos/ --output upscaled/ [--tile 192] [--overlap 32]
+The engine behind ``upscale`` (``srgan_dist/upscale.py``, the file handling) and ``evaluate``:
+:class:`Tiling` (the ``--tile`` / ``--overlap`` / ``--batch`` options), :func:`upscale_rgb`
+(float RGB in, float RGB out) and :func:`resolve_device` (``--device``).
 
 How tiles are laid out and blended (all sizes in LR pixels):
 
@@ -18,6 +20,8 @@ How tiles are laid out and blended (all sizes in LR pixels):
   real context on that side and ramps are 16 pixels wide. A trained SRResNet's effective
   receptive field is far smaller than its theoretical one (about 40 LR pixels for 16 blocks), so
   this keeps tiled output within about a grey level of untiled (see tests/test_infer.py).
+- A tile is at least ``MIN_TILE`` pixels (or 0, untiled): each tile costs one forward pass, and
+  in a smaller one most output pixels sit beside a zero-padded edge.
 
 Only ``batch`` tiles are on the device at a time; the image stays on the CPU and the output is
 accumulated there as float32 (4 bytes per output sample).
@@ -25,28 +29,25 @@ accumulated there as float32 (4 bytes per output sample).
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from srgan_dist.errors import UserError
-from srgan_dist.generator_io import GeneratorSpec, load_generator
 from srgan_dist.models import Generator, generator_output_to_unit
-from srgan_dist.pictures import ImageReadError, Picture, image_files, read_picture, resize_alpha, with_pixels
-from srgan_dist.pictures import write_png as write_picture_png
 from srgan_dist.pixels import to_array, to_tensor
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TILE = 192
 DEFAULT_OVERLAP = 32
+MIN_TILE = 16
+"""Smallest tile side (LR pixels) but 0: one forward pass per tile, and below this most output
+pixels of a tile sit beside a zero-padded edge (a 512x512 image is 1,024 passes at 16, 262,144
+at 1)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,15 +55,15 @@ class Tiling:
     """How an image is cut into tiles for the generator (sizes in LR pixels)."""
 
     tile: int = DEFAULT_TILE
-    """Tile side; 0 runs the whole image at once (untiled)."""
+    """Tile side, at least ``MIN_TILE``; 0 runs the whole image at once (untiled)."""
     overlap: int = DEFAULT_OVERLAP
     """Pixels shared by neighbouring tiles, blended as the module docstring says; at most tile/2."""
     batch: int = 1
     """Tiles per forward pass (all tiles have one shape, so they stack)."""
 
     def __post_init__(self) -> None:
-        if self.tile < 0:
-            raise UserError(f"--tile must be >= 0 (0 = untiled), got {self.tile}")
+        if self.tile < 0 or 0 < self.tile < MIN_TILE:
+            raise UserError(f"--tile must be 0 (untiled) or at least {MIN_TILE} LR pixels, got {self.tile}")
         if self.overlap < 0:
             raise UserError(f"--overlap must be >= 0, got {self.overlap}")
         if self.tile and 2 * self.overlap > self.tile:
@@ -188,119 +189,3 @@ def upscale_rgb(
     out_HWC /= total_y[:, None, None]
     out_HWC /= total_x[None, :, None]
     return out_HWC
-
-
-def upscale_picture(
-    model: Generator,
-    picture: Picture,
-    tiling: Tiling = DEFAULT_TILING,
-    device: torch.device | str = "cpu",
-    on_tiles: Callable[[int], None] | None = None,
-) -> Picture:
-    """Upscale colour with the generator and alpha (if any) with Pillow bicubic."""
-    rgb = upscale_rgb(model, picture.rgb, tiling, device, on_tiles)
-    alpha = None
-    if picture.alpha is not None:
-        alpha = resize_alpha(picture.alpha, (rgb.shape[1], rgb.shape[0]))
-    return with_pixels(picture, rgb, alpha)
-
-
-def collect_inputs(input_path: str | Path) -> list[Path]:
-    """``--input``: one file (any extension), or the image files directly inside a folder."""
-    input_path = Path(input_path)
-    if input_path.is_file():
-        return [input_path]
-    if not input_path.is_dir():
-        raise UserError(f"--input {input_path}: no such file or folder")
-    files = image_files(input_path)
-    if not files:
-        raise UserError(f"--input {input_path}: no image files in this folder")
-    return files
-
-
-def output_paths(inputs: list[Path], output_dir: Path) -> list[Path]:
-    """``<output_dir>/<stem>.png`` per input; clashing stems or overwriting an input is an error."""
-    outputs = [output_dir / f"{path.stem}.png" for path in inputs]
-    seen: dict[Path, Path] = {}
-    for source, target in zip(inputs, outputs, strict=True):
-        if target in seen:
-            raise UserError(f"{source} and {seen[target]} would both be written to {target}; rename one")
-        if target.resolve() == source.resolve():
-            raise UserError(f"{target} would overwrite its own input; choose another --output folder")
-        seen[target] = source
-    return outputs
-
-
-def check_outputs(outputs: list[Path], output_dir: Path, overwrite: bool) -> None:
-    """``--output`` must be (or become) a folder, and no result may replace a file unless
-    ``overwrite``: checked before any weights are loaded or images read."""
-    for path in (output_dir, *output_dir.parents):
-        if path.exists() and not path.is_dir():
-            raise UserError(f"--output {output_dir}: {path} is a file, not a folder")
-    existing = [path for path in outputs if path.exists()]
-    if existing and not overwrite:
-        shown = ", ".join(map(str, existing[:5])) + (
-            f" and {len(existing) - 5} more" if len(existing) > 5 else ""
-        )
-        raise UserError(
-            f"--output {output_dir}: {len(existing)} result(s) already exist: {shown}; pass --overwrite "
-            "to replace them (nothing was written)"
-        )
-
-
-@dataclass
-class UpscaleReport:
-    """What an ``upscale`` run wrote, and which inputs it skipped and why."""
-
-    spec: GeneratorSpec
-    written: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-
-
-def upscale_files(
-    weights: str | Path,
-    inputs: list[Path],
-    output_dir: str | Path,
-    *,
-    tiling: Tiling = DEFAULT_TILING,
-    device: str | None = None,
-    stage: str | None = None,
-    progress: bool | None = None,
-    overwrite: bool = False,
-) -> UpscaleReport:
-    """Upscale each input to ``<output_dir>/<stem>.png``; unreadable inputs are skipped and listed.
-
-    Existing results are an error (naming them, before any work) unless ``overwrite``.
-    ``progress=None`` shows tqdm bars only on a terminal.
-    """
-    from tqdm import tqdm
-
-    torch_device = resolve_device(device)
-    outputs = output_paths(inputs, Path(output_dir))
-    check_outputs(outputs, Path(output_dir), overwrite)
-    model, spec = load_generator(weights, stage)
-    model.to(torch_device)
-    log.info(
-        "generator %s (x%d, %d blocks, %d channels, norm=%s) on %s; tile %s, overlap %d, batch %d",
-        spec.stage or "?", spec.scale, spec.num_blocks, spec.channels, spec.norm, torch_device,
-        tiling.tile or "off", tiling.overlap, tiling.batch,
-    )  # fmt: skip
-    report = UpscaleReport(spec)
-    disable = None if progress is None else not progress
-    for source, target in tqdm(
-        list(zip(inputs, outputs, strict=True)), desc="images", unit="img", disable=disable
-    ):
-        try:
-            picture = read_picture(source)
-        except ImageReadError as error:
-            log.error("skipping %s", error)
-            report.failed.append((source, str(error)))
-            continue
-        height, width = picture.rgb.shape[:2]
-        with tqdm(
-            total=count_tiles(height, width, tiling), desc=source.name, unit="tile", leave=False,
-            disable=disable,
-        ) as bar:  # fmt: skip
-            result = upscale_picture(model, picture, tiling, torch_device, bar.update)
-        report.written.append(write_picture_png(result, target))
-    return report

@@ -1,13 +1,17 @@
-"""Reading and writing the images users hand to ``upscale`` (and listing image folders).
+"""The project's one image decoder, and the writer of ``upscale``'s results.
 
-``evaluate`` and training validation read images otherwise, both through
-``srgan_dist.data.scoring.read_rgb8``: flattened to 8-bit RGB as training data is.
+Every image file the project reads is opened here, fully decoded with EXIF orientation applied
+(so results are upright and carry no orientation tag), and given one of two shapes:
 
-Every input becomes an :class:`Picture`: colour as float32 HxWx3 RGB in [0, 1], an optional
-float32 HxW alpha in [0, 1], and what is needed to write the result back in kind (grayscale
-stays grayscale, 16-bit stays 16-bit, alpha stays). EXIF orientation is applied on read, so the
-output is upright and carries no orientation tag. Palette images become RGB (RGBA when the
-palette has transparency); CMYK/YCbCr/LAB become RGB through Pillow.
+- :func:`load_rgb` / :func:`read_rgb8`: uint8 HxWx3 RGB flattened by the training-data rules
+  (``srgan_dist.data.scan.CONVERSION_RULES``): grayscale as R = G = B, palettes expanded, alpha
+  composited over white, 16-bit reduced to 8 bits (value / 257, rounded), other colour spaces
+  through Pillow. The scanner's conversions, both loaders, ``prepare``, training validation and
+  ``evaluate`` all read images this way, so a photo is the same pixels everywhere.
+- :func:`read_picture`: a :class:`Picture` for ``upscale``: colour as float32 HxWx3 RGB in
+  [0, 1], an optional float32 HxW alpha in [0, 1], and what is needed to write the result back
+  in kind (grayscale stays grayscale, 16-bit stays 16-bit, alpha stays). Palette images become
+  RGB (RGBA when the palette has transparency); CMYK/YCbCr/LAB become RGB through Pillow.
 
 Pillow reads 16-bit PNG/TIFF grayscale at full depth (modes ``I;16*``, ``I``); it reduces 16-bit
 *colour* files to 8 bits on open, so those come out 8-bit.
@@ -15,12 +19,16 @@ Pillow reads 16-bit PNG/TIFF grayscale at full depth (modes ``I;16*``, ``I``); i
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from srgan_dist.atomic import atomic_path
 from srgan_dist.errors import UserError
 from srgan_dist.pixels import quantize
 
@@ -48,11 +56,6 @@ class Picture:
     bit_depth: int
     """8 or 16: bits per channel of the file to write."""
 
-    @property
-    def size(self) -> tuple[int, int]:
-        """(width, height), as Pillow reports sizes."""
-        return self.rgb.shape[1], self.rgb.shape[0]
-
 
 def image_files(folder: Path) -> list[Path]:
     """Image files (by extension Pillow knows) directly in ``folder``, sorted; hidden files skipped."""
@@ -64,18 +67,66 @@ def image_files(folder: Path) -> list[Path]:
     )
 
 
-def read_picture(path: str | Path) -> Picture:
-    """Read ``path`` upright (EXIF orientation applied); raise :class:`ImageReadError` if unreadable."""
-    path = Path(path)
+@contextlib.contextmanager
+def _named_read_errors(path: str | Path) -> Iterator[None]:
+    """Turn Pillow's decode errors into one :class:`ImageReadError` naming the file."""
     try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.load()
+        yield
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         # OSError covers missing, unidentified and truncated files; Pillow's plugins raise
         # ValueError/SyntaxError for some malformed headers.
         raise ImageReadError(f"{path}: not a readable image ({error})") from error
+
+
+def decode_upright(path: str | Path) -> Image.Image:
+    """``path`` fully decoded with its EXIF orientation applied; Pillow's errors pass through."""
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+        image.load()
+    return image
+
+
+def read_picture(path: str | Path) -> Picture:
+    """Read ``path`` upright (EXIF orientation applied); raise :class:`ImageReadError` if unreadable."""
+    with _named_read_errors(path):
+        image = decode_upright(path)
     return picture_from_pil(image)
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """uint8 HxWx3 RGB of ``path`` by the training-data rules (module docstring), upright.
+
+    Pillow's errors pass through, so the scanner can word its own reason and an I/O error in a
+    training loader stays one (a restart may get past it). The pixel limit is the scanner's
+    (``data.max_pixels``), so Pillow's decompression-bomb warning is silenced here.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return rgb8_from_pil(decode_upright(path))
+
+
+def read_rgb8(path: str | Path) -> np.ndarray:
+    """:func:`load_rgb`, raising :class:`ImageReadError` naming the file when it is not a readable image."""
+    with _named_read_errors(path):
+        return load_rgb(path)
+
+
+def rgb8_from_pil(image: Image.Image) -> np.ndarray:
+    """uint8 HxWx3 RGB of a Pillow image of any mode, by the training-data rules."""
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        values = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(values[..., None], 3, axis=2)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode == "PA":
+        image = image.convert("RGBA")
+    if image.mode in ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"))
 
 
 def picture_from_pil(image: Image.Image) -> Picture:
@@ -133,8 +184,9 @@ def picture_to_pil(picture: Picture) -> Image.Image:
 
 
 def write_png(picture: Picture, path: str | Path) -> Path:
-    """Write ``picture`` as PNG at ``path`` (parent folders created)."""
+    """Write ``picture`` as PNG at ``path`` through a fresh temporary file renamed over it, so a
+    symlink planted at ``path`` is replaced, never followed (``srgan_dist/atomic.py``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    picture_to_pil(picture).save(path, format="PNG")
+    with atomic_path(path) as partial:
+        picture_to_pil(picture).save(partial, format="PNG")
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from srgan_dist import generator_io
+from srgan_dist import atomic, generator_io
 from srgan_dist.generator_io import (
     FORMAT_VERSION,
     GeneratorSpec,
@@ -46,7 +47,7 @@ def test_round_trip_gives_identical_outputs(saved: tuple[Generator, Path]) -> No
     model, path = saved
     assert path.is_file() and sidecar_path(path).is_file()
     assert sidecar_path(path).name == "generator_srresnet.json"
-    assert not list(path.parent.glob("*.tmp"))
+    assert sorted(p.name for p in path.parent.iterdir()) == [sidecar_path(path).name, path.name]  # no temp
     loaded, spec = load_generator(path)
     assert spec == SPEC
     assert not loaded.training
@@ -55,6 +56,32 @@ def test_round_trip_gives_identical_outputs(saved: tuple[Generator, Path]) -> No
         torch.testing.assert_close(loaded(lr), model(lr), rtol=0, atol=0)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+def test_sidecar_lands_before_the_weights_readers_look_for(tmp_path: Path, monkeypatch) -> None:
+    renamed: list[str] = []
+    real_replace = atomic.os.replace
+
+    def recording_replace(source, target):
+        renamed.append(Path(target).name)
+        real_replace(source, target)
+
+    monkeypatch.setattr(atomic.os, "replace", recording_replace)
+    save_generator(_trained_like_generator(), SPEC, tmp_path / "generator_srresnet.safetensors")
+    assert renamed == ["generator_srresnet.json", "generator_srresnet.safetensors"]
+
+
+def test_a_failed_save_leaves_the_previous_generator_whole(saved, monkeypatch) -> None:
+    model, path = saved
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(generator_io, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_generator(model, dataclasses.replace(SPEC, step=8), path)
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before
 
 
 def test_sidecar_is_readable_json(saved: tuple[Generator, Path]) -> None:

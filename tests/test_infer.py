@@ -8,6 +8,7 @@ scales its last conv until the output spans most of [0, 1]; tile-edge errors gro
 from __future__ import annotations
 
 import itertools
+import logging
 import pickle
 import struct
 import zlib
@@ -19,12 +20,14 @@ import torch
 from conftest import make_photo
 from PIL import Image
 
+from srgan_dist import upscale
 from srgan_dist.cli import main
 from srgan_dist.errors import UserError
 from srgan_dist.generator_io import GeneratorSpec, load_generator, save_generator
 from srgan_dist.infer import (
     DEFAULT_OVERLAP,
     DEFAULT_TILE,
+    MIN_TILE,
     Tiling,
     count_tiles,
     resolve_device,
@@ -141,7 +144,12 @@ def test_untiled_is_the_plain_forward_pass() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"tile": -1}, "--tile"), ({"tile": 32, "overlap": 17}, "half"), ({"batch": 0}, "--batch")],
+    [
+        ({"tile": -1}, "--tile"),
+        ({"tile": 15, "overlap": 0}, "--tile must be 0 .untiled. or at least 16 LR pixels, got 15"),
+        ({"tile": 32, "overlap": 17}, "half"),
+        ({"batch": 0}, "--batch"),
+    ],
 )
 def test_bad_tiling_is_rejected(kwargs: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
@@ -204,8 +212,12 @@ def test_cuda_upscale_matches_cpu() -> None:
 def test_cli_defaults_match_the_library() -> None:
     from srgan_dist.cli import build_parser
 
-    args = build_parser().parse_args(["upscale", "--weights", "w", "--input", "i", "--output", "o"])
+    parser = build_parser()
+    args = parser.parse_args(["upscale", "--weights", "w", "--input", "i", "--output", "o"])
     assert (args.tile, args.overlap) == (DEFAULT_TILE, DEFAULT_OVERLAP)
+    assert Tiling(tile=MIN_TILE, overlap=0).tile == MIN_TILE  # the smallest tile is allowed
+    upscale_help = parser._subparsers._group_actions[0].choices["upscale"].format_help()
+    assert f"at least {MIN_TILE}," in " ".join(upscale_help.split())  # the help says the bound
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,3 +368,79 @@ def test_weights_that_are_not_a_generator_give_clear_errors(tmp_path: Path, caps
         assert main(argv) == 2
         assert message in capsys.readouterr().err
     assert not marker.exists(), "weights must never be unpickled"
+
+
+def test_overwrite_replaces_a_planted_symlink_never_its_target(run_dir: Path, tmp_path: Path, capsys) -> None:
+    """A link in the output folder must not redirect a result outside it (issue 20)."""
+    photo, out, outside = tmp_path / "x.png", tmp_path / "out", tmp_path / "outside"
+    Image.fromarray(make_photo((16, 12), 3)).save(photo)
+    out.mkdir()
+    outside.mkdir()
+    (outside / "victim.png").write_bytes(b"victim")
+    (out / "x.png").symlink_to(outside / "victim.png")
+    argv = ["upscale", "--weights", str(run_dir), "--input", str(photo), "--output", str(out)]
+
+    assert main(argv) == 2  # the link is an existing result
+    assert str(out / "x.png") in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
+    assert (outside / "victim.png").read_bytes() == b"victim"
+    assert not (out / "x.png").is_symlink() and (out / "x.png").is_file()
+    assert Image.open(out / "x.png").size == (16 * SCALE, 12 * SCALE)
+    assert sorted(p.name for p in out.iterdir()) == ["x.png"]  # no temporary file left
+
+
+def test_a_dangling_symlink_counts_as_an_existing_result(run_dir: Path, tmp_path: Path) -> None:
+    photo, out = tmp_path / "x.png", tmp_path / "out"
+    Image.fromarray(make_photo((16, 12), 3)).save(photo)
+    out.mkdir()
+    (out / "x.png").symlink_to(tmp_path / "created_outside.png")
+    argv = ["upscale", "--weights", str(run_dir), "--input", str(photo), "--output", str(out)]
+    assert main(argv) == 2
+    assert main([*argv, "--overwrite"]) == 0
+    assert not (tmp_path / "created_outside.png").exists()
+    assert (out / "x.png").is_file() and not (out / "x.png").is_symlink()
+
+
+def test_a_tile_too_small_to_be_useful_is_one_line(run_dir: Path, tmp_path: Path, capsys) -> None:
+    photo = tmp_path / "p.png"
+    Image.fromarray(make_photo((16, 16), 0)).save(photo)
+    argv = ["upscale", "--weights", str(run_dir), "--input", str(photo), "--output", str(tmp_path / "o")]
+    assert main([*argv, "--tile", "1", "--overlap", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--tile must be 0 (untiled) or at least 16 LR pixels, got 1" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_long_work_without_a_terminal_logs_progress(
+    run_dir: Path, tmp_path: Path, caplog, monkeypatch
+) -> None:
+    photo = tmp_path / "p.png"
+    Image.fromarray(make_photo((48, 40), 0)).save(photo)  # 48 x 40 LR: 3 x 3 tiles of 16
+    argv = ["upscale", "--weights", str(run_dir), "--input", str(photo), "--output", str(tmp_path / "o")]
+    argv += ["--tile", "16", "--overlap", "0", "--overwrite"]
+
+    def progress_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "tiles done" in r.getMessage()]
+
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 0  # quick: no line before PROGRESS_EVERY_S has passed
+        assert progress_lines() == []
+        monkeypatch.setattr(upscale, "PROGRESS_EVERY_S", 0.0)
+        assert main(argv) == 0
+    assert progress_lines() == [f"p.png: {done}/9 tiles done" for done in range(1, 9)]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_folder_that_cannot_be_made_is_one_line(run_dir: Path, tmp_path: Path, capsys) -> None:
+    photo = tmp_path / "p.png"
+    Image.fromarray(make_photo((16, 16), 0)).save(photo)
+    argv = ["upscale", "--weights", str(run_dir), "--input", str(photo), "--output", "/proc/x"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--output /proc/x: cannot create this folder" in err
+    assert main([*argv[:-1], "/proc"]) == 2  # a folder that exists but takes no files
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--output: cannot write /proc/p.png" in err

@@ -13,12 +13,11 @@ from PIL import Image
 
 from srgan_dist.config import DataConfig
 from srgan_dist.data import build_val_set, scan_images
-from srgan_dist.data.scoring import read_rgb8
 from srgan_dist.evaluate import evaluate
 from srgan_dist.generator_io import GeneratorSpec
 from srgan_dist.infer import Tiling
 from srgan_dist.models import Generator
-from srgan_dist.pictures import ImageReadError
+from srgan_dist.pictures import ImageReadError, read_rgb8
 from srgan_dist.train.validation import Validator
 
 SCALE = 4
@@ -73,9 +72,11 @@ def test_validation_and_evaluate_give_the_same_scores(tmp_path: Path) -> None:
     report = evaluate(model, spec, hr_dir, tiling=Tiling(tile=0))
 
     by_name = {Path(scores.name).stem: scores for scores in report.images}
-    assert sorted(by_name) == sorted(item.name for item in val_set) == ["rgb", "rgba"]
-    for item in val_set:
-        expected = by_name[item.name]
+    # build_val_set keeps the order of its sorted paths; a converted copy keeps its source's stem
+    val_names = [Path(path).stem for path in sorted(scanned.files)]
+    assert sorted(by_name) == sorted(val_names) == ["rgb", "rgba"]
+    for name, item in zip(val_names, val_set, strict=True):
+        expected = by_name[name]
         assert tuple(item.hr.shape[-2:][::-1]) == expected.hr_size
         sums, grid = Validator([item], [], SCALE, CPU, grid_crop=16).run(model, contextlib.nullcontext)
         assert grid is None

@@ -31,10 +31,11 @@ def _add_weights(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_tiling(parser: argparse.ArgumentParser) -> None:
-    from_infer = "(LR pixels; see srgan_dist/infer.py for how tiles are blended)"
     parser.add_argument(
         "--tile", type=int, default=192, metavar="N",
-        help=f"tile side {from_infer}; 0 = whole image at once (default 192)",
+        help="tile side in LR pixels (see srgan_dist/infer.py for how tiles are blended); 0 = whole "
+        "image at once; otherwise at least 16, since each tile is one forward pass and most of a "
+        "smaller one sits beside a zero-padded edge (default 192)",
     )  # fmt: skip
     parser.add_argument(
         "--overlap", type=int, default=32, metavar="M",
@@ -72,7 +73,7 @@ def _setup(args: argparse.Namespace):
 
 
 def run_upscale(args: argparse.Namespace) -> int:
-    from srgan_dist.infer import collect_inputs, upscale_files
+    from srgan_dist.upscale import collect_inputs, upscale_files
 
     try:
         tiling, device = _setup(args)

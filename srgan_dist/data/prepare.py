@@ -25,8 +25,10 @@ from typing import Literal
 
 from PIL import Image
 
+from srgan_dist.atomic import atomic_path
 from srgan_dist.config import DataConfig
-from srgan_dist.data.scan import DataError, load_rgb, scan_images
+from srgan_dist.data.scan import DataError, scan_images
+from srgan_dist.pictures import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +79,11 @@ def _cut_one(job: tuple[str, str, str, str, int, int, str, int]) -> list[str]:
             index += 1
             name = f"{stem}_s{index:03d}.{_EXTENSIONS[fmt]}"
             crop = Image.fromarray(image[top : top + tile, left : left + tile])
-            partial = Path(out) / f".{name}.{os.getpid()}.tmp"
-            if fmt == "jpeg":
-                crop.save(partial, format="JPEG", quality=quality, subsampling=0)
-            else:
-                crop.save(partial, format="PNG", compress_level=1)
-            os.replace(partial, Path(out) / name)
+            with atomic_path(Path(out) / name) as partial:
+                if fmt == "jpeg":
+                    crop.save(partial, format="JPEG", quality=quality, subsampling=0)
+                else:
+                    crop.save(partial, format="PNG", compress_level=1)
             names.append(name)
     return names
 
@@ -204,8 +205,7 @@ def write_sample_data(out: str | Path) -> dict[str, list[Path]]:
                 raise DataError(f"sample-data: {source} is not in the installed scikit-image")
             target = out / split / f"{Path(name).stem}.png"
             if not target.is_file():
-                partial = target.with_suffix(".tmp.png")
-                Image.fromarray(load_rgb(str(source))).save(partial)
-                os.replace(partial, target)
+                with atomic_path(target) as partial:
+                    Image.fromarray(load_rgb(source)).save(partial, format="PNG")
             written[split].append(target)
     return written

@@ -32,11 +32,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from srgan_dist import atomic
 from srgan_dist.config import DataConfig
 from srgan_dist.errors import UserError
+from srgan_dist.pictures import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -195,32 +196,6 @@ def _probe(path: str, verify: str) -> _Probe:
     return probe
 
 
-def load_rgb(path: str) -> np.ndarray:
-    """Decode any supported image as uint8 HxWx3 RGB by the ``CONVERSION_RULES`` (EXIF-rotated)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            return _to_rgb_array(image)
-
-
-def _to_rgb_array(image: Image.Image) -> np.ndarray:
-    mode = image.mode
-    if mode.startswith("I") or mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        values = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(values[..., None], 3, axis=2)
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif mode == "PA":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return np.asarray(image.convert("RGB"))
-
-
 def _converted_path(cache_dir: Path, path: str, stat: os.stat_result) -> Path:
     key = hashlib.sha1(f"{path}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     return cache_dir / "converted" / key / f"{Path(path).stem}.png"  # stem kept for names in logs
@@ -231,9 +206,8 @@ def _convert(path: str, target: Path) -> None:
     if target.exists():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".{os.getpid()}.tmp.png")
-    Image.fromarray(load_rgb(path)).save(partial, compress_level=1)
-    os.replace(partial, target)
+    with atomic.atomic_path(target) as partial:
+        Image.fromarray(load_rgb(path)).save(partial, format="PNG", compress_level=1)
 
 
 def _load_cache(cache_file: Path) -> dict[str, dict]:
@@ -249,9 +223,7 @@ def _load_cache(cache_file: Path) -> dict[str, dict]:
 
 def _save_cache(cache_file: Path, entries: dict[str, dict]) -> None:
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(json.dumps({"version": CACHE_VERSION, "entries": entries}))
-    os.replace(partial, cache_file)
+    atomic.write_text(cache_file, json.dumps({"version": CACHE_VERSION, "entries": entries}))
 
 
 def scan_images(
@@ -265,75 +237,121 @@ def scan_images(
     """
     cache_dir = Path(cache_dir)
     paths = list_source(source, role=role)
-    # one cache file per source, pruned to its current files, so it never grows without bound
-    source_key = hashlib.sha1(str(Path(source).expanduser().resolve()).encode()).hexdigest()[:12]
-    cache_file = cache_dir / f"scan_cache-{source_key}.json"
-    cache = _load_cache(cache_file)
+    stats = _stat_all(paths)
+    probes = _probe_all(paths, stats, role=role, data_cfg=data_cfg, cache_file=_cache_file(cache_dir, source))
+    result = ScanResult()
+    bad: list[tuple[str, str]] = []
+    for path in paths:
+        reason = _rejection(probes[path], min_side, data_cfg.max_pixels)
+        if not reason:
+            reason = _take(result, path, probes[path], stats[path], cache_dir)
+        if reason:
+            bad.append((path, reason))
+    _report(result, bad, source=source, role=role, data_cfg=data_cfg, cache_dir=cache_dir, found=len(paths))
+    return result
+
+
+def _stat_all(paths: list[str]) -> dict[str, os.stat_result | None]:
+    """Each path's ``stat`` (size and mtime key the cache), or None when it cannot be read."""
     stats: dict[str, os.stat_result | None] = {}
     for path in paths:
         try:
             stats[path] = os.stat(path)
         except OSError:
             stats[path] = None
+    return stats
 
-    def cache_key(path: str) -> str:
-        stat = stats[path]
-        return f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{data_cfg.verify}" if stat else ""
 
+def _cache_file(cache_dir: Path, source: str) -> Path:
+    """One cache file per source, pruned to its current files, so it never grows without bound."""
+    source_key = hashlib.sha1(str(Path(source).expanduser().resolve()).encode()).hexdigest()[:12]
+    return cache_dir / f"scan_cache-{source_key}.json"
+
+
+def _cache_key(path: str, stat: os.stat_result | None, verify: str) -> str:
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{verify}" if stat else ""
+
+
+def _probe_all(
+    paths: list[str],
+    stats: dict[str, os.stat_result | None],
+    *,
+    role: str,
+    data_cfg: DataConfig,
+    cache_file: Path,
+) -> dict[str, _Probe]:
+    """Every path's probe: from the cache when its size and mtime are unchanged, else probed
+    now (in ``data_cfg.num_threads`` threads) and cached."""
+    cache = _load_cache(cache_file)
+    keys = {path: _cache_key(path, stats[path], data_cfg.verify) for path in paths}
     probes: dict[str, _Probe] = {}
     to_probe = []
     for path in paths:
-        key = cache_key(path)
         if stats[path] is None:
             probes[path] = _Probe(error="does not exist or cannot be read")
-        elif key in cache:
-            probes[path] = _Probe(**cache[key])
+        elif keys[path] in cache:
+            probes[path] = _Probe(**cache[keys[path]])
         else:
             to_probe.append(path)
-    if to_probe:
-        log.info(
-            "%s: probing %d new or changed file(s) (%d cached)",
-            role,
-            len(to_probe),
-            len(paths) - len(to_probe),
+    if not to_probe:
+        return probes
+    log.info(
+        "%s: probing %d new or changed file(s) (%d cached)", role, len(to_probe), len(paths) - len(to_probe)
+    )
+    with ThreadPoolExecutor(max_workers=max(1, data_cfg.num_threads)) as pool:
+        probed = pool.map(lambda p: _probe(p, data_cfg.verify), to_probe)
+        for path, probe in zip(to_probe, probed, strict=True):
+            probes[path] = probe
+            cache[keys[path]] = asdict(probe)
+    current = set(keys.values())
+    _save_cache(cache_file, {key: value for key, value in cache.items() if key in current})
+    return probes
+
+
+def _rejection(probe: _Probe, min_side: int, max_pixels: int) -> str:
+    """Why the policy (``min_side``, ``data.max_pixels``) rejects a probed file; empty if it does not."""
+    if probe.error:
+        return probe.error
+    if min(probe.width, probe.height) < min_side:
+        return f"too small: {probe.width}x{probe.height}, need at least {min_side} px on each side"
+    if probe.width * probe.height > max_pixels:
+        return (
+            f"too large: {probe.width}x{probe.height} = {probe.width * probe.height} pixels "
+            f"> data.max_pixels={max_pixels}"
         )
-        with ThreadPoolExecutor(max_workers=max(1, data_cfg.num_threads)) as pool:
-            for path, probe in zip(
-                to_probe, pool.map(lambda p: _probe(p, data_cfg.verify), to_probe), strict=True
-            ):
-                probes[path] = probe
-                cache[cache_key(path)] = asdict(probe)
-        current = {cache_key(path) for path in paths}
-        _save_cache(cache_file, {key: value for key, value in cache.items() if key in current})
+    return ""
 
-    result = ScanResult()
-    bad: list[tuple[str, str]] = []
-    for path in paths:
-        probe = probes[path]
-        reason = probe.error
-        if not reason and min(probe.width, probe.height) < min_side:
-            reason = f"too small: {probe.width}x{probe.height}, need at least {min_side} px on each side"
-        if not reason and probe.width * probe.height > data_cfg.max_pixels:
-            reason = (
-                f"too large: {probe.width}x{probe.height} = {probe.width * probe.height} pixels "
-                f"> data.max_pixels={data_cfg.max_pixels}"
-            )
-        if reason:
-            bad.append((path, reason))
-        elif probe.rule:
-            target = _converted_path(cache_dir, path, stats[path])
-            try:
-                _convert(path, target)
-            except (OSError, SyntaxError, ValueError) as error:
-                bad.append((path, f"corrupt: cannot decode for conversion ({error})"))
-                continue
-            result.files.append(str(target))
-            result.sources.append(path)
-            result.converted.append((path, CONVERSION_RULES[probe.rule]))
-        else:
-            result.files.append(path)
-            result.sources.append(path)
 
+def _take(result: ScanResult, path: str, probe: _Probe, stat: os.stat_result | None, cache_dir: Path) -> str:
+    """Add an accepted file to ``result``, converted first if its probe says so; return why it
+    was rejected after all (a decode failure met while converting), else an empty string."""
+    file = path
+    if probe.rule:
+        assert stat is not None, "a file that was probed has a stat"
+        target = _converted_path(cache_dir, path, stat)
+        try:
+            _convert(path, target)
+        except (OSError, SyntaxError, ValueError) as error:
+            return f"corrupt: cannot decode for conversion ({error})"
+        file = str(target)
+        result.converted.append((path, CONVERSION_RULES[probe.rule]))
+    result.files.append(file)
+    result.sources.append(path)
+    return ""
+
+
+def _report(
+    result: ScanResult,
+    bad: list[tuple[str, str]],
+    *,
+    source: str,
+    role: str,
+    data_cfg: DataConfig,
+    cache_dir: Path,
+    found: int,
+) -> None:
+    """Log conversions and the outcome; apply ``data.on_bad_file`` to ``bad`` (raise, or record
+    them as skipped); raise when nothing usable is left."""
     if result.converted:
         log.info(
             "%s: converted %d file(s) to 8-bit RGB PNG under %s:\n%s",
@@ -352,7 +370,7 @@ def scan_images(
         log.warning("%s: skipping %d bad file(s) (data.on_bad_file=skip):\n%s", role, len(bad), listing)
         result.skipped = bad
     if not result.files:
-        raise DataError(f"{role}: no usable images in {source} ({len(paths)} file(s) found, {len(bad)} bad)")
+        raise DataError(f"{role}: no usable images in {source} ({found} file(s) found, {len(bad)} bad)")
     log.info(
         "%s: %d usable image(s) (%d converted, %d skipped)",
         role,
@@ -360,4 +378,3 @@ def scan_images(
         len(result.converted),
         len(bad),
     )
-    return result

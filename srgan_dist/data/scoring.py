@@ -1,6 +1,6 @@
 """One way to score an image, shared by ``srgan-dist evaluate`` and validation during training.
 
-- ``read_rgb8``: an image file as uint8 HxWx3 RGB by the training-data rules
+- images are read by ``pictures.read_rgb8``: uint8 HxWx3 RGB by the training-data rules
   (``scan.CONVERSION_RULES``): alpha composited over white, grayscale as R = G = B, palettes
   expanded, 16-bit reduced to 8 bits, EXIF orientation applied.
 - ``reference_pair``: (LR, HR) of an HR image: HR cropped bottom/right to a multiple of the
@@ -21,15 +21,11 @@ This lives in ``srgan_dist.data`` because ``build_val_set`` (imported by the pac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from srgan_dist.data.resize import bicubic_downscale, crop_to_multiple
-from srgan_dist.data.scan import load_rgb
 from srgan_dist.metrics import psnr_y, ssim_y
-from srgan_dist.pictures import ImageReadError
 
 
 @dataclass(frozen=True)
@@ -38,19 +34,6 @@ class Scores:
 
     psnr: float
     ssim: float
-
-
-def read_rgb8(path: str | Path) -> np.ndarray:
-    """uint8 HxWx3 RGB of an image file by the training-data rules (see module docstring).
-
-    Raises :class:`ImageReadError` (a ``ValueError``) naming the file when it is not a readable image.
-    """
-    try:
-        return load_rgb(str(path))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        # OSError covers missing, unidentified and truncated files; Pillow's plugins raise
-        # ValueError/SyntaxError for some malformed headers.
-        raise ImageReadError(f"{path}: not a readable image ({error})") from error
 
 
 def min_scoring_side(scale: int) -> int:

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from srgan_dist.data.resize import bicubic_downscale
-from srgan_dist.data.scan import DataError, load_rgb
+from srgan_dist.data.scan import DataError
+from srgan_dist.pictures import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -223,12 +224,10 @@ class TrainLoader:
         self,
         batches: Iterator,
         *,
-        kind: LoaderKind,
         batches_per_epoch: int,
         start_epoch: int,
         start_position: int = 0,
     ):
-        self.kind = kind
         self.batches_per_epoch = batches_per_epoch
         self.epoch = start_epoch
         self.position = start_position
@@ -331,7 +330,6 @@ def build_train_loader(
     )
     return TrainLoader(
         batches,
-        kind=loader,
         batches_per_epoch=per_epoch,
         start_epoch=start_epoch,
         start_position=start_position,

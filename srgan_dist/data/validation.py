@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from srgan_dist.data.scoring import read_rgb8, reference_pair
+from srgan_dist.data.scoring import reference_pair
+from srgan_dist.pictures import read_rgb8
 from srgan_dist.pixels import to_tensor
 
 
@@ -15,8 +15,6 @@ from srgan_dist.pixels import to_tensor
 class ValImage:
     """One validation pair, batch of 1, on the worker's device; values are multiples of 1/255."""
 
-    name: str
-    """File stem, for logs and image grids."""
     lr: torch.Tensor
     """1x3xhxw float32 in [0, 1]: the 8-bit bicubic downscale of ``hr``."""
     hr: torch.Tensor
@@ -26,7 +24,7 @@ class ValImage:
 def build_val_set(files: list[str], *, scale: int, device: torch.device) -> list[ValImage]:
     """Whole-image (LR, HR) pairs from ``files``, sorted by path.
 
-    Each pair is ``scoring.reference_pair`` of ``scoring.read_rgb8``: LR is
+    Each pair is ``scoring.reference_pair`` of ``pictures.read_rgb8``: LR is
     ``resize.bicubic_downscale`` (PIL BICUBIC, antialiased, 8-bit), which the DALI training
     resize matches within a fraction of a grey level, and which ``evaluate`` uses too.
     """
@@ -34,5 +32,5 @@ def build_val_set(files: list[str], *, scale: int, device: torch.device) -> list
     pairs = []
     for path in sorted(files):
         lr, hr = reference_pair(read_rgb8(path), scale)
-        pairs.append(ValImage(Path(path).stem, to_tensor(lr, device), to_tensor(hr, device)))
+        pairs.append(ValImage(to_tensor(lr, device), to_tensor(hr, device)))
     return pairs
