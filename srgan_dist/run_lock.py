@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".run.lock"
 LEASE_S = 60.0
 HEARTBEAT_S = 10.0
+TAKEOVER_TIMEOUT_S = 10.0  # a take-over mutex older than this was left by a dead driver
 
 
 class RunLocked(UserError):
@@ -97,6 +98,11 @@ class Holder:
         return False
 
 
+def stale(holder: Holder | None, age_s: float, lease_s: float) -> bool:
+    """A lock not refreshed for a whole lease, or whose holder is a process here that is gone."""
+    return age_s >= lease_s or (holder is not None and holder.gone())
+
+
 def locked_message(location: str, holder: Holder | None, age_s: float, lease_s: float) -> str:
     who = holder.describe() if holder else "an unreadable lock file"
     return (
@@ -114,32 +120,61 @@ class _LocalLock:
 
     def acquire(self, me: Holder) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):  # a take-over raced by another driver: look again
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._take_over_if_stale()
-                continue
-            with os.fdopen(fd, "wb") as file:
-                file.write(me.to_bytes())
-            return
-        raise RunLocked(f"run {self.path.parent}: could not take {self.path} (other drivers keep taking it)")
+        # Written whole under a private name, then hard-linked to the lock's name: the link
+        # fails if the lock exists, and a lock never exists half-written (safe on NFS too).
+        partial = self.path.with_name(f"{LOCK_FILE}.{me.token}")
+        partial.write_bytes(me.to_bytes())
+        try:
+            for _ in range(3):  # a take-over raced by another driver: look again
+                try:
+                    os.link(partial, self.path)
+                    return
+                except FileExistsError:
+                    self._take_over_if_stale()
+            raise RunLocked(
+                f"run {self.path.parent}: could not take {self.path} (other drivers keep taking it)"
+            )
+        finally:
+            partial.unlink(missing_ok=True)
 
     def _take_over_if_stale(self) -> None:
-        try:
-            holder = Holder.from_bytes(self.path.read_bytes())
-            age_s = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
+        """Remove the lock if it is stale; raise ``RunLocked`` if it is not.
+
+        Only a driver holding the take-over mutex (``.run.lock.takeover``, linked like the lock)
+        removes a lock, and only after reading it again under the mutex: two drivers that both
+        found it stale cannot remove the fresh lock the faster one has just made.
+        """
+        found = self._read()
+        if found is None:
             return  # released meanwhile
-        if holder is not None and not holder.gone() and age_s < self.lease_s:
+        holder, age_s = found
+        if not stale(holder, age_s, self.lease_s):
             raise RunLocked(locked_message(str(self.path.parent), holder, age_s, self.lease_s))
-        log.warning(
-            "taking over the run lock %s of %s (stale)", self.path, holder.describe() if holder else "?"
-        )
-        with contextlib.suppress(FileNotFoundError):  # another driver renamed it first
-            os.replace(self.path, self.path.with_name(f"{LOCK_FILE}.stale-{uuid.uuid4().hex[:8]}"))
-            for stale in self.path.parent.glob(f"{LOCK_FILE}.stale-*"):
-                stale.unlink(missing_ok=True)
+        mutex = self.path.with_name(f"{LOCK_FILE}.takeover")
+        with contextlib.suppress(FileNotFoundError):  # a take-over abandoned by a dead driver
+            if time.time() - mutex.stat().st_mtime > TAKEOVER_TIMEOUT_S:
+                mutex.unlink()
+        try:
+            mutex.touch(exist_ok=False)
+        except FileExistsError:
+            time.sleep(0.1)  # another driver is taking over: look again
+            return
+        try:
+            again = self._read()
+            if again is not None and again[0] == holder and stale(*again, self.lease_s):
+                log.warning(
+                    "taking over the stale run lock %s of %s", self.path, holder.describe() if holder else "?"
+                )
+                self.path.unlink(missing_ok=True)
+        finally:
+            mutex.unlink(missing_ok=True)
+
+    def _read(self) -> tuple[Holder | None, float] | None:
+        """The lock's holder and seconds since its last refresh; None when there is no lock."""
+        try:
+            return Holder.from_bytes(self.path.read_bytes()), time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return None
 
     def refresh(self, me: Holder) -> bool:
         """Mark the lock alive; False when it is no longer ours."""
@@ -218,7 +253,7 @@ class _S3Lock:
             holder = Holder.from_bytes(answer["Body"].read())
             server_now = email.utils.parsedate_to_datetime(answer["ResponseMetadata"]["HTTPHeaders"]["date"])
             age_s = (server_now - answer["LastModified"]).total_seconds()
-            if holder is not None and not holder.gone() and age_s < self.lease_s:
+            if not stale(holder, age_s, self.lease_s):
                 raise RunLocked(locked_message(self.uri, holder, age_s, self.lease_s))
             log.warning(
                 "taking over the run lock of %s from %s (stale)",
@@ -255,7 +290,7 @@ class _UncheckedBucketLock:
         found = self._read()
         if found is not None:
             holder, age_s = found
-            if holder is not None and not holder.gone() and age_s < self.lease_s:
+            if not stale(holder, age_s, self.lease_s):
                 raise RunLocked(locked_message(storage.parent(self.uri), holder, age_s, self.lease_s))
         storage.write_bytes(self.uri, me.to_bytes())
 

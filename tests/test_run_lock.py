@@ -53,8 +53,12 @@ def test_a_second_driver_is_refused_naming_the_holder_until_the_first_releases(r
         pass
 
 
-def test_drivers_started_at_the_same_moment_get_one_lock(run_dir):
-    locks = [RunLock(run_dir) for _ in range(6)]
+@pytest.mark.parametrize("stale_lock_first", [False, True])
+def test_drivers_started_at_the_same_moment_get_one_lock(run_dir, stale_lock_first):
+    if stale_lock_first:  # a dead driver's lock: every racer finds it stale, one takes over
+        RunLock(run_dir)._lock.acquire(Holder("another-host", 1, "2026-01-01T00:00:00+00:00", "dead"))
+        time.sleep(3.2)  # older than the racers' lease (S3 counts whole seconds)
+    locks = [RunLock(run_dir, lease_s=3.0) for _ in range(6)]
     won, refused = [], []
     start = threading.Barrier(len(locks))
 
