@@ -2,7 +2,7 @@
 
 - ``trainer.py``: ``StageTrainer``, one stage on one rank from start (or resume) to its end;
 - ``steps.py``: one step function per stage (``STEP_FUNCTIONS``) and the fused Adam they use;
-- ``window.py``: the window between log steps: losses and non-finite steps, read once per window;
+- ``window.py``: the steps since the last log, validation or checkpoint: losses, non-finite steps;
 - ``checkpoint.py``: the checkpoint format and ``StageCheckpoints`` (save, prune, resume);
 - ``ema.py``: the generator's exponential moving average;
 - ``validation.py``: PSNR/SSIM and the image grid during training;

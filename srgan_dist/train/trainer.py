@@ -286,20 +286,18 @@ class StageTrainer:
         try:
             while self.step < self.stage_cfg.iterations:
                 self.train_step()
-                checkpoint_due = self.checkpoints.due(self.step)
-                log_due, validation_due = (
-                    self.cadence.should_log(self.step),
-                    self.cadence.should_validate(self.step),
-                )
-                if not (log_due or validation_due or checkpoint_due):
+                log = self.cadence.should_log(self.step)
+                validate = self.cadence.should_validate(self.step)  # a window end, even without images
+                checkpoint = self.checkpoints.due(self.step)
+                if not (log or validate or checkpoint):
                     continue  # inside a window: nothing is read from the device
-                if log_due:
+                if log:
                     self.log_window()
                 if self.stopped_nonfinite():  # before anything could validate or save its state
                     return
-                if validation_due and self.val_files:
+                if validate and self.val_files:
                     self.validate()
-                if checkpoint_due:
+                if checkpoint:
                     self.save_checkpoint()
             self.finish()
         finally:
