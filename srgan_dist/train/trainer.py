@@ -275,7 +275,7 @@ class StageTrainer:
         if point is not None:
             self.load_state_dict(point.state)
             self.resumed, self.damage_note = True, point.damage_note()
-            self.last_validated = self.step  # a checkpoint is written after its step's validation
+            self.last_validated = self.step  # its scores are in last_val: finish() keeps them
 
     # -----------------------------------------------------------------------------------------
     # 3. The run
