@@ -10,7 +10,16 @@ import torch
 from srgan_dist.config import LossConfig
 from srgan_dist.losses import PerceptualLoss
 from srgan_dist.models import Discriminator, Generator, VGGFeatures
-from srgan_dist.train.steps import StepContext, StepModels, finite_step, make_adam, srgan_step, srresnet_step
+from srgan_dist.stages import STAGES
+from srgan_dist.train.steps import (
+    STEP_FUNCTIONS,
+    StepContext,
+    StepModels,
+    finite_step,
+    make_adam,
+    srgan_step,
+    srresnet_step,
+)
 from srgan_dist.vgg_weights import load_vgg19_features
 
 
@@ -20,6 +29,11 @@ def _params(model: torch.nn.Module) -> list[torch.Tensor]:
 
 def _changed(before: list[torch.Tensor], model: torch.nn.Module) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_every_stage_has_its_step_function():
+    """A stage added to ``stages.STAGES`` needs its step here too (the trainer looks it up by name)."""
+    assert STEP_FUNCTIONS.keys() == STAGES.keys()
 
 
 def gan_models(generator, discriminator, opt_g, opt_d, perceptual) -> StepModels:
