@@ -33,12 +33,12 @@ import torch.distributed as dist
 from torch import nn
 
 from srgan_dist.config import Config, StageConfig, to_yaml
-from srgan_dist.data import build_train_loader, build_val_set
+from srgan_dist.data import TrainLoader, build_train_loader, build_val_set
 from srgan_dist.data.train_loader import derive_seed
 from srgan_dist.generator_io import GeneratorSpec, WeightsError, load_generator, save_generator
 from srgan_dist.losses import PerceptualLoss
 from srgan_dist.models import Discriminator, Generator, VGGFeatures
-from srgan_dist.monitor import make_monitor
+from srgan_dist.monitor import NullMonitor, make_monitor
 from srgan_dist.run_record import NonFiniteStop, write_stop
 from srgan_dist.rundir import RunDir
 from srgan_dist.stages import STAGES
@@ -305,8 +305,17 @@ class StageTrainer:
             self.monitor.close()
 
     def _setup(self) -> None:
-        """Lay out and wrap the models, open the data, validation set and monitor, from ``self.step``."""
-        cfg, stage_cfg = self.cfg, self.stage_cfg
+        """What exists only while the stage trains, made from the (resumed) state."""
+        self.wrapped = self._wrap_models()
+        self.loader = self._open_loader()
+        self.validator = self._make_validator()
+        self.monitor = self._open_monitor()
+        self.window.reset()
+
+    def _wrap_models(self) -> StepModels:
+        """The models as the stage's step runs them: ``trainables``' models (channels_last on a
+        GPU when asked) wrapped in DDP and ``torch.compile``; checkpoints, EMA and export use the
+        plain ones, which share their parameters."""
         plain = self.trainables
         if self.use_channels_last:
             ema = self.ema.module if self.ema is not None else None
@@ -314,10 +323,8 @@ class StageTrainer:
                 if model is not None:
                     model.to(memory_format=torch.channels_last)
         plain.moments_follow_parameters()  # after the conversion and any checkpoint load
-        # The models as the stage's step runs them: `trainables`' models wrapped in DDP and
-        # torch.compile (the same parameters; checkpoints, EMA and export use the plain ones).
-        wrapped = lambda model: wrap(model, self.world_size, self.device, cfg.train.compile)  # noqa: E731
-        self.wrapped = StepModels(
+        wrapped = lambda model: wrap(model, self.world_size, self.device, self.cfg.train.compile)  # noqa: E731
+        return StepModels(
             generator=wrapped(plain.generator),
             optimizer_g=plain.optimizer_g,
             discriminator=wrapped(plain.discriminator) if plain.discriminator is not None else None,
@@ -325,7 +332,10 @@ class StageTrainer:
             perceptual=self.perceptual,
         )
 
-        self.loader = build_train_loader(
+    def _open_loader(self) -> TrainLoader:
+        """This rank's shard of the training data, from the resumed epoch and position."""
+        cfg, stage_cfg = self.cfg, self.stage_cfg
+        return build_train_loader(
             self.train_files,
             loader=cfg.data.loader,
             scale=cfg.model.scale,
@@ -339,42 +349,43 @@ class StageTrainer:
             start_epoch=self.data_state["epoch"],
             start_position=self.data_state["position"],
         )
-        # Validation images stay on the CPU (whole 2K photos would crowd GPU memory); each one
-        # moves to the device only while it is upscaled.
-        cpu = torch.device("cpu")
+
+    def _make_validator(self) -> Validator:
+        """This rank's share of the validation images, and (rank 0) the grid's images.
+
+        They stay on the CPU (whole 2K photos would crowd GPU memory); each one moves to the
+        device only while it is upscaled.
+        """
+        scale, cpu = self.cfg.model.scale, torch.device("cpu")
         val_files = self.val_files[self.rank :: self.world_size]
-        grid_files = self.val_files[: cfg.data.val_grid_images] if self.rank == 0 else []
-        self.validator = Validator(
-            build_val_set(val_files, scale=cfg.model.scale, device=cpu) if val_files else [],
-            build_val_set(grid_files, scale=cfg.model.scale, device=cpu) if grid_files else [],
-            cfg.model.scale,
+        grid_files = self.val_files[: self.cfg.data.val_grid_images] if self.rank == 0 else []
+        return Validator(
+            build_val_set(val_files, scale=scale, device=cpu) if val_files else [],
+            build_val_set(grid_files, scale=scale, device=cpu) if grid_files else [],
+            scale,
             self.device,
-            cfg.data.val_grid_crop,
+            self.cfg.data.val_grid_crop,
         )
 
+    def _open_monitor(self) -> NullMonitor:
+        """TensorBoard (rank 0; a fresh folder, purged after ``self.step``) and the stage's first lines."""
         log_dir = self.run_dir.tensorboard(self.stage)
         if self.rank == 0:
             self.run_dir.fresh_folder(log_dir)
-        self.monitor = make_monitor(
-            self.rank,
-            log_dir,
-            self.stage,
-            stage_cfg.iterations,
-            self.step,
-            on_flush=lambda: self.run_dir.push(log_dir),
+        iterations = self.stage_cfg.iterations
+        monitor = make_monitor(
+            self.rank, log_dir, self.stage, iterations, self.step, on_flush=lambda: self.run_dir.push(log_dir)
         )
         where = f"on {self.world_size} worker(s)"
         if self.damage_note:
-            self.monitor.message(self.damage_note)
+            monitor.message(self.damage_note)
         if self.resumed:
-            self.monitor.message(
-                f"resumed from checkpoint at step {self.step}/{stage_cfg.iterations} {where}"
-            )
+            monitor.message(f"resumed from checkpoint at step {self.step}/{iterations} {where}")
         else:
-            self.monitor.message(f"starting {where}, device {self.device.type}, data via {cfg.data.loader}")
+            monitor.message(f"starting {where}, device {self.device.type}, data via {self.cfg.data.loader}")
         if self.ema is not None:
-            self.monitor.message(f"generator EMA on (decay {self.ema.decay}): validation and export use it")
-        self.window.reset()
+            monitor.message(f"generator EMA on (decay {self.ema.decay}): validation and export use it")
+        return monitor
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda" and self.cfg.train.amp == "bf16":
