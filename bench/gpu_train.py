@@ -185,7 +185,7 @@ def measure_step(model: str, batch: int, precision: str, seconds: float) -> floa
     from srgan_dist.config import LossConfig
     from srgan_dist.losses import PerceptualLoss
     from srgan_dist.models import Discriminator, Generator, VGGFeatures
-    from srgan_dist.train.steps import StepContext, make_adam, srgan_step, srresnet_step
+    from srgan_dist.train.steps import StepContext, StepModels, make_adam, srgan_step, srresnet_step
     from srgan_dist.vgg_weights import load_vgg19_features
 
     device = torch.device("cuda", 0)
@@ -204,7 +204,9 @@ def measure_step(model: str, batch: int, precision: str, seconds: float) -> floa
     if model == "srresnet":
 
         def step():
-            flags.append(srresnet_step(generator, opt_g, lr, hr, ctx)["finite"])
+            flags.append(
+                srresnet_step(StepModels(generator=generator, optimizer_g=opt_g), lr, hr, ctx)["finite"]
+            )
 
     else:
         discriminator = Discriminator().to(device, memory_format=memory)
@@ -213,7 +215,18 @@ def measure_step(model: str, batch: int, precision: str, seconds: float) -> floa
         opt_d = make_adam(discriminator.parameters(), 1e-4, device)
 
         def step():
-            values = srgan_step(generator, discriminator, opt_g, opt_d, perceptual, lr, hr, ctx)
+            values = srgan_step(
+                StepModels(
+                    generator=generator,
+                    optimizer_g=opt_g,
+                    discriminator=discriminator,
+                    optimizer_d=opt_d,
+                    perceptual=perceptual,
+                ),
+                lr,
+                hr,
+                ctx,
+            )
             flags.append(values["finite"])
 
     rate = timed_rate(step, batch, seconds)
@@ -353,7 +366,7 @@ def bare_loop_rate(tiles: list[str], threads: int, seconds: float) -> float:
     from srgan_dist.config import LossConfig
     from srgan_dist.data import build_train_loader
     from srgan_dist.models import Generator
-    from srgan_dist.train.steps import StepContext, make_adam, srresnet_step
+    from srgan_dist.train.steps import StepContext, StepModels, make_adam, srresnet_step
 
     device = torch.device("cuda", 0)
     torch.manual_seed(0)
@@ -368,7 +381,7 @@ def bare_loop_rate(tiles: list[str], threads: int, seconds: float) -> float:
     def step():
         lr, hr = next(loader)
         lr, hr = (t.contiguous(memory_format=torch.channels_last) for t in (lr, hr))
-        srresnet_step(generator, optimizer, lr, hr, ctx)
+        srresnet_step(StepModels(generator=generator, optimizer_g=optimizer), lr, hr, ctx)
 
     try:
         return timed_rate(step, 16, seconds)

@@ -399,15 +399,15 @@ def timed_steps(
     import contextlib
 
     from srgan_dist.config import LossConfig
-    from srgan_dist.train.steps import StepContext, srresnet_step
+    from srgan_dist.train.steps import StepContext, StepModels, srresnet_step
 
     ctx = StepContext(loss=LossConfig(), autocast=contextlib.nullcontext)
     for _ in range(WARMUP_STEPS):
-        srresnet_step(generator, optimizer, *next(batches), ctx)
+        srresnet_step(StepModels(generator=generator, optimizer_g=optimizer), *next(batches), ctx)
     barrier()
     start, start_cpu, started_at = time.perf_counter(), time.process_time(), time.time()
     for _ in range(steps):
-        srresnet_step(generator, optimizer, *next(batches), ctx)
+        srresnet_step(StepModels(generator=generator, optimizer_g=optimizer), *next(batches), ctx)
     barrier()
     wall = time.perf_counter() - start
     return {

@@ -369,7 +369,6 @@ def fit_stages(
     train_files: list[str],
     val_files: list[str],
     use_gpu: bool,
-    test_hooks: dict[str, Any] | None = None,
 ) -> None:
     """One Ray Train run, one worker group, for every stage not finished (``train/loop.py``).
 
@@ -397,7 +396,6 @@ def fit_stages(
         "run_dir": run_dir.location,
         "train_files": train_files,
         "val_files": val_files,
-        "test_hooks": test_hooks,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -463,7 +461,6 @@ def run_training(
     resume: bool = False,
     address: str | None = None,
     verbose: bool = False,
-    test_hooks: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train every stage of ``cfg`` not finished yet; return ``summary.json``'s content.
 
@@ -493,9 +490,7 @@ def run_training(
                 )
             if not verbose:
                 say(f"Log:           {run_dir.log_file} (Ray and every worker; -v prints it here too)")
-            summary = _train_stages(
-                cfg, workers_cfg, run_dir, run_log, train_files, val_files, address, test_hooks
-            )
+            summary = _train_stages(cfg, workers_cfg, run_dir, run_log, train_files, val_files, address)
             print_summary(summary)
     finally:
         upload_log(run_dir)
@@ -519,7 +514,6 @@ def _train_stages(
     train_files: list[str],
     val_files: list[str],
     address: str | None,
-    test_hooks: dict[str, Any] | None,
 ) -> dict[str, Any]:
     summary = load_summary(run_dir)
     for stage in cfg.train.stages:
@@ -544,7 +538,7 @@ def _train_stages(
             run_dir.remove(run_dir.stage_error(stage))
     # Rank 0 prints each stage's lines; the last one is awaited so that it comes before the summary.
     last_line = run_log.expect_worker_line(f"Stage {cfg.train.stages[-1]}: done, exported")
-    fit_stages(workers_cfg, run_dir, train_files, val_files, use_gpu, test_hooks)
+    fit_stages(workers_cfg, run_dir, train_files, val_files, use_gpu)
     check_stages_finished(cfg, run_dir)
     last_line.wait(timeout=5)
     return load_summary(run_dir)

@@ -42,6 +42,31 @@ def quick_ray_train_timings() -> None:
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "15")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fault_plan_file(tmp_path_factory) -> Path:
+    """Where ``srgan_dist/train/faults.py`` reads the fault plan of a test's run (see
+    :func:`fault_plan`): named in the environment before any Ray starts (autouse, session), so
+    every Ray worker, launch.py and job driver the tests start inherits it. No file, no faults."""
+    from srgan_dist.train.faults import PLAN_ENV
+
+    path = tmp_path_factory.getbasetemp() / "fault_plan.json"
+    os.environ[PLAN_ENV] = str(path)
+    return path
+
+
+@contextlib.contextmanager
+def fault_plan(plan: dict) -> Iterator[None]:
+    """Training started in the block meets the faults of ``plan`` (``srgan_dist/train/faults.py``)."""
+    from srgan_dist.train.faults import PLAN_ENV
+
+    path = Path(os.environ[PLAN_ENV])
+    path.write_text(json.dumps(plan))
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """Groups for ``make test``'s parallel run (pytest-xdist ``--dist loadgroup``): every test of the

@@ -6,6 +6,7 @@ Ray instance is started).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from srgan_dist.config import Config
 from srgan_dist.driver import forget_ray_checkpoint_list
 from srgan_dist.rundir import RunDir
 from srgan_dist.train import checkpoint as ckpt
@@ -22,7 +24,7 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train 2.60's name for it
 
 
 def write(stage_dir: Path, step: int, stage: str = "srresnet") -> Path:
-    """A checkpoint folder as ``StageTrainer.save_checkpoint`` writes it (tiny state)."""
+    """A checkpoint folder as ``StageCheckpoints.save`` writes it (tiny state)."""
     directory = stage_dir / ckpt.checkpoint_dir_name(step)
     directory.mkdir(parents=True)
     state = {"step": step, "weights": torch.arange(256, dtype=torch.float32) * step}
@@ -162,6 +164,35 @@ def test_pruning_keeps_the_newest_of_the_stage_up_to_the_step_just_written(tmp_p
     ckpt.prune_checkpoints(stage_dir, keep=1, newest_step=8)
     assert sorted(p.name for p in stage_dir.iterdir()) == ["step-00000008"]
     assert (other_stage / "step-00000002").is_dir()  # another stage's folder is its own
+
+
+def test_stage_checkpoints_save_through_report_prune_and_resume_from_the_newest(tmp_path):
+    """Rank 0 hands a written folder to ``report`` (Ray Train copies it into the stage's folder)
+    and then prunes to ``num_to_keep``; other ranks report without a folder."""
+    run_dir = RunDir.of(tmp_path, "run")
+    stage_dir = run_dir.checkpoints("srresnet")
+    stage_cfg = dataclasses.replace(Config().srresnet, num_to_keep=2)
+    reported = []
+
+    def report(metrics, directory, name):
+        reported.append((metrics["step"], directory is not None, name))
+        if directory is not None:
+            shutil.copytree(directory, stage_dir / name)
+
+    rank0, rank1 = (
+        ckpt.StageCheckpoints(run_dir, "srresnet", stage_cfg, "run: {}\n", rank, report) for rank in (0, 1)
+    )
+    for step in (2, 4, 6):
+        for checkpoints in (rank0, rank1):
+            checkpoints.save({"step": step, "weights": torch.full((4,), float(step))}, {"step": step})
+    assert reported[-2:] == [(6, True, "step-00000006"), (6, False, "step-00000006")]
+    assert rank0.last_saved == rank1.last_saved == 6
+    assert ckpt.list_checkpoints(stage_dir) == ["step-00000006", "step-00000004"]
+
+    resuming = ckpt.StageCheckpoints(run_dir, "srresnet", stage_cfg, "", 0, report)
+    point = resuming.newest_good()
+    assert point is not None and point.name == "step-00000006" and point.damage_note() == ""
+    assert torch.equal(point.state["weights"], torch.full((4,), 6.0)) and resuming.last_saved == 6
 
 
 def test_ray_checkpoint_list_is_forgotten_and_no_checkpoint_is_touched(tmp_path):

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import training_photos
+from conftest import fault_plan, training_photos
 from test_training import steps_per_event_file, tiny_config
 
 from srgan_dist.driver import RunError, run_training
@@ -53,8 +53,11 @@ def interrupted_run(ray_local, photos, tmp_path_factory) -> Path:
         },
         "raise": {"stage": "srresnet", "step": 7, "rank": 0},
     }  # fmt: skip
-    with pytest.raises(RunError, match=r"stage srresnet failed \(train.max_failures=1 restart"):
-        run_training(config(photos, storage, "train.max_failures=1"), test_hooks=hooks)
+    with (
+        fault_plan(hooks),
+        pytest.raises(RunError, match=r"stage srresnet failed \(train.max_failures=1 restart"),
+    ):
+        run_training(config(photos, storage, "train.max_failures=1"))
     assert marker.exists()  # the worker really died
     assert sorted(p.name for p in stage_dir.glob("step-*")) == [f"step-0000000{s}" for s in (2, 4, 6)]
     return storage / NAME

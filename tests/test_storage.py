@@ -29,7 +29,7 @@ from typing import Any
 import pyarrow.fs
 import pytest
 import yaml
-from conftest import training_photos
+from conftest import fault_plan, training_photos
 from test_training import RAY_NOISE, ROOT, scalars, steps_per_event_file, tiny_config, tiny_overrides
 
 from srgan_dist import cli, jobs, storage
@@ -178,7 +178,8 @@ def cloud_run(s3_server, photos, tmp_path_factory) -> dict:
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": SECRET,
     }
-    code, stdout, stderr = run_driver(overrides, hooks, env)
+    with fault_plan(hooks):
+        code, stdout, stderr = run_driver(overrides, env)
     assert code == 0, stdout[-4000:] + stderr[-4000:]
     assert marker.exists()  # the worker really died
     return {"uri": f"{storage_uri}/full", "prefix": "shared/full", "stdout": stdout, "env": env}
@@ -281,18 +282,19 @@ def test_a_driver_rerun_reads_the_run_from_the_bucket(cloud_run, photos, endpoin
         run_training(cfg)
 
 
-# run_training with test hooks, in a process of its own (its own embedded Ray, whose workers get
-# that process's environment: the session's Ray started before the credentials were set).
+# run_training in a process of its own (its own embedded Ray, whose workers get that process's
+# environment, the fault plan's variable included: the session's Ray started before the
+# credentials were set).
 DRIVER = """
 import json, sys
 from srgan_dist.config import load_config
 from srgan_dist.driver import run_training
-summary = run_training(load_config("configs/demo.yaml", json.loads(sys.argv[1])), test_hooks=json.loads(sys.argv[2]))
+summary = run_training(load_config("configs/demo.yaml", json.loads(sys.argv[1])))
 print("STAGES " + json.dumps(summary["stages"]))
 """
 
 
-def driver_process(overrides: list[str], hooks: dict, env: dict[str, str], ray_tmp: str) -> subprocess.Popen:
+def driver_process(overrides: list[str], env: dict[str, str], ray_tmp: str) -> subprocess.Popen:
     """The driver with ``env`` (``XDG_CACHE_HOME`` and the credentials) over this environment."""
     env = {
         **{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
@@ -300,17 +302,17 @@ def driver_process(overrides: list[str], hooks: dict, env: dict[str, str], ray_t
         "AWS_DEFAULT_REGION": "us-east-1",
         **env,
     }
-    command = [sys.executable, "-c", DRIVER, json.dumps(overrides), json.dumps(hooks)]
+    command = [sys.executable, "-c", DRIVER, json.dumps(overrides)]
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
 
 
-def run_driver(overrides: list[str], hooks: dict, env: dict[str, str]) -> tuple[int, str, str]:
+def run_driver(overrides: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     """Run the driver to its end: exit code, stdout, stderr."""
     ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
     try:
-        process = driver_process(overrides, hooks, env, ray_tmp)
+        process = driver_process(overrides, env, ray_tmp)
         stdout, stderr = process.communicate(timeout=900)
         return process.returncode, stdout, stderr
     finally:
@@ -357,7 +359,7 @@ def test_storage_going_down_mid_run_stops_the_stage_and_keeps_the_last_checkpoin
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
     }
-    process = driver_process(overrides, {}, env, ray_tmp)
+    process = driver_process(overrides, env, ray_tmp)
     try:
         deadline = time.monotonic() + 600
         # Ray uploads a checkpoint's files in no fixed order (the manifest may land first), so

@@ -10,7 +10,16 @@ import torch
 from srgan_dist.config import LossConfig
 from srgan_dist.losses import PerceptualLoss
 from srgan_dist.models import Discriminator, Generator, VGGFeatures
-from srgan_dist.train.steps import StepContext, finite_step, make_adam, srgan_step, srresnet_step
+from srgan_dist.stages import STAGES
+from srgan_dist.train.steps import (
+    STEP_FUNCTIONS,
+    StepContext,
+    StepModels,
+    finite_step,
+    make_adam,
+    srgan_step,
+    srresnet_step,
+)
 from srgan_dist.vgg_weights import load_vgg19_features
 
 
@@ -20,6 +29,21 @@ def _params(model: torch.nn.Module) -> list[torch.Tensor]:
 
 def _changed(before: list[torch.Tensor], model: torch.nn.Module) -> bool:
     return any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_every_stage_has_its_step_function():
+    """A stage added to ``stages.STAGES`` needs its step here too (the trainer looks it up by name)."""
+    assert STEP_FUNCTIONS.keys() == STAGES.keys()
+
+
+def gan_models(generator, discriminator, opt_g, opt_d, perceptual) -> StepModels:
+    return StepModels(
+        generator=generator,
+        optimizer_g=opt_g,
+        discriminator=discriminator,
+        optimizer_d=opt_d,
+        perceptual=perceptual,
+    )
 
 
 @pytest.fixture
@@ -57,7 +81,7 @@ def test_srgan_g_update_leaves_d_alone_and_d_update_leaves_g_alone(gan):
         return d_step(*args, **kwargs)
 
     opt_g.step, opt_d.step = spy_g_step, spy_d_step
-    values = srgan_step(generator, discriminator, opt_g, opt_d, perceptual, lr, hr, ctx)
+    values = srgan_step(gan_models(generator, discriminator, opt_g, opt_d, perceptual), lr, hr, ctx)
 
     assert all(grad is None for grad in seen["d_grads_at_g_step"])
     assert not seen["d_changed_by_g_step"]
@@ -87,7 +111,7 @@ def test_srgan_generator_loss_weights(gan):
     ctx = StepContext(loss=loss, autocast=contextlib.nullcontext)
     opt_g = torch.optim.Adam(generator.parameters(), lr=0.0)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=0.0)
-    values = srgan_step(generator, discriminator, opt_g, opt_d, perceptual, lr, hr, ctx)
+    values = srgan_step(gan_models(generator, discriminator, opt_g, opt_d, perceptual), lr, hr, ctx)
     expected = (
         0.5 * values["loss/content"] + 2.0 * values["loss/perceptual"] + 0.01 * values["loss/adversarial"]
     )
@@ -100,9 +124,11 @@ def test_srresnet_step_lowers_the_loss_on_a_fixed_batch():
     optimizer = torch.optim.Adam(generator.parameters(), lr=1e-3)
     ctx = StepContext(loss=LossConfig(), autocast=contextlib.nullcontext)
     lr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 16, 16) * 2 - 1
-    first = srresnet_step(generator, optimizer, lr, hr, ctx)["loss/content"]
+    first = srresnet_step(StepModels(generator=generator, optimizer_g=optimizer), lr, hr, ctx)["loss/content"]
     for _ in range(30):
-        last = srresnet_step(generator, optimizer, lr, hr, ctx)["loss/content"]
+        last = srresnet_step(StepModels(generator=generator, optimizer_g=optimizer), lr, hr, ctx)[
+            "loss/content"
+        ]
     assert last < first * 0.8
 
 
@@ -113,7 +139,9 @@ def test_nonfinite_gradients_skip_the_update():
     ctx = StepContext(loss=LossConfig(), autocast=contextlib.nullcontext)
     before = _params(generator)
     hr = torch.full((1, 3, 16, 16), float("nan"))
-    values = srresnet_step(generator, optimizer, torch.rand(1, 3, 8, 8), hr, ctx)
+    values = srresnet_step(
+        StepModels(generator=generator, optimizer_g=optimizer), torch.rand(1, 3, 8, 8), hr, ctx
+    )
     assert float(values["finite"]) == 0.0
     assert not _changed(before, generator)
 
@@ -190,8 +218,8 @@ def test_steps_with_make_adam_never_read_values_on_the_host(gan, monkeypatch):
     opt_pre = make_adam(pre.parameters(), 1e-3, "cpu")
     _NoHostSync(monkeypatch)
     for _ in range(2):
-        values = srgan_step(generator, discriminator, opt_g, opt_d, perceptual, lr, hr, ctx)
-        pre_values = srresnet_step(pre, opt_pre, lr, hr, ctx)
+        values = srgan_step(gan_models(generator, discriminator, opt_g, opt_d, perceptual), lr, hr, ctx)
+        pre_values = srresnet_step(StepModels(generator=pre, optimizer_g=opt_pre), lr, hr, ctx)
     monkeypatch.undo()
     assert float(values["finite"]) == 1.0 and float(pre_values["finite"]) == 1.0
 
@@ -200,7 +228,7 @@ def test_srgan_step_with_nan_target_skips_both_updates(gan):
     generator, discriminator, perceptual, ctx, lr, hr = gan
     opt_g = make_adam(generator.parameters(), 1e-3, "cpu")
     opt_d = make_adam(discriminator.parameters(), 1e-3, "cpu")
-    srgan_step(generator, discriminator, opt_g, opt_d, perceptual, lr, hr, ctx)
+    srgan_step(gan_models(generator, discriminator, opt_g, opt_d, perceptual), lr, hr, ctx)
     g, d, state_g, state_d = (
         _params(generator),
         _params(discriminator),
@@ -208,7 +236,10 @@ def test_srgan_step_with_nan_target_skips_both_updates(gan):
         _adam_state(opt_d),
     )
     values = srgan_step(
-        generator, discriminator, opt_g, opt_d, perceptual, lr, torch.full_like(hr, float("nan")), ctx
+        gan_models(generator, discriminator, opt_g, opt_d, perceptual),
+        lr,
+        torch.full_like(hr, float("nan")),
+        ctx,
     )
     assert float(values["finite"]) == 0.0
     assert not _changed(g, generator) and not _changed(d, discriminator)
@@ -227,7 +258,7 @@ def test_perceptual_loss_runs_under_autocast_and_reduces_in_fp32(gan):
         make_adam(generator.parameters(), 1e-3, "cpu"),
         make_adam(discriminator.parameters(), 1e-3, "cpu"),
     )
-    values = srgan_step(generator, discriminator, opt_g, opt_d, perceptual, lr, hr, ctx)
+    values = srgan_step(gan_models(generator, discriminator, opt_g, opt_d, perceptual), lr, hr, ctx)
     assert seen == [torch.bfloat16, torch.bfloat16]  # SR and HR features
     assert values["loss/perceptual"].dtype == torch.float32 and float(values["finite"]) == 1.0
 
@@ -263,7 +294,7 @@ def _ddp_worker(rank: int, world_size: int, port: int, steps: int, out_dir: str)
         for _ in range(steps):
             lr = torch.rand(2, 3, 16, 16, generator=data)
             hr = torch.rand(2, 3, 32, 32, generator=data) * 2 - 1
-            values = srgan_step(generator, discriminator, opt_g, opt_d, perceptual, lr, hr, ctx)
+            values = srgan_step(gan_models(generator, discriminator, opt_g, opt_d, perceptual), lr, hr, ctx)
             reductions_per_step.append(sorted(d_reductions))
             d_reductions.clear()
         torch.save(

@@ -1,7 +1,9 @@
 """StageTrainer without Ray: resume continuity, the generator EMA, cadence and state round trips.
 
 The trainer takes its rank, device and a ``report`` function from the Ray entry point, so these
-tests drive it in-process on one CPU rank with a ``report`` that keeps each checkpoint folder.
+tests drive it in-process on one CPU rank with a ``report`` that copies each checkpoint folder
+into the stage's folder of the run directory, as Ray Train does; every resume is the real one
+(``StageTrainer.resume``: the stage's newest good checkpoint).
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_photos
+from conftest import fault_plan, write_photos
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from srgan_dist.config import load_config
+from srgan_dist.generator_io import load_generator
 from srgan_dist.rundir import RunDir
 from srgan_dist.train import checkpoint as ckpt
 from srgan_dist.train.ema import GeneratorEMA, warmed_up_decay
-from srgan_dist.train.faults import FaultHooks
-from srgan_dist.train.trainer import Cadence, StageTrainer, generator_weights_to_export
+from srgan_dist.train.trainer import Cadence, StageTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +79,7 @@ def tiny_config(tmp_path: Path, *overrides: str):
     return load_config(ROOT / "configs" / "demo.yaml", base + list(overrides))
 
 
-def make_trainer(cfg, stage, photos, report, val=False, hooks=None) -> StageTrainer:
+def make_trainer(cfg, stage, photos, report, val=False) -> StageTrainer:
     return StageTrainer(
         cfg,
         stage,
@@ -88,12 +90,16 @@ def make_trainer(cfg, stage, photos, report, val=False, hooks=None) -> StageTrai
         train_files=photos["train"],
         val_files=photos["val"] if val else [],
         report=report,
-        hooks=hooks,
     )
 
 
-def final_state(folder: Path, stage: str) -> dict:
-    return ckpt.load_checkpoint(folder / ckpt.checkpoint_dir_name(6), stage)
+def stage_dir(cfg, stage: str) -> Path:
+    """The stage's checkpoint folder in the run directory of ``cfg``."""
+    return RunDir.of(cfg.run.storage, cfg.run.name).checkpoints(stage)
+
+
+def final_state(cfg, stage: str) -> dict:
+    return ckpt.load_checkpoint(stage_dir(cfg, stage) / ckpt.checkpoint_dir_name(6), stage)
 
 
 def assert_same_tensors(a: dict, b: dict) -> None:
@@ -109,34 +115,28 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(photos, tmp_path
     The data position is mid-epoch at step 3 (7 files, batch 2), so this also pins the loader's
     exact resume; the lr milestone at step 4 pins the scheduler's.
     """
-    cfg = tiny_config(tmp_path, "train.ema_decay=0.9")
-    init = None
-    if stage == "srgan":  # hand-off: start from an exported generator like the driver does
-        from srgan_dist.generator_io import GeneratorSpec, save_generator
-
-        torch.manual_seed(7)
-        spec = GeneratorSpec.from_model_config(cfg.model, stage="srresnet", step=6)
-        init = str(save_generator(spec.build(), spec, tmp_path / "generator_srresnet.safetensors"))
-
-    straight = Recorder(tmp_path / "straight")
-    trainer = make_trainer(cfg, stage, photos, straight)
-    trainer.restore(None, init)
+    straight, crashed = (
+        tiny_config(tmp_path / name, "train.ema_decay=0.9") for name in ("straight", "crashed")
+    )
+    init = handoff(straight, tmp_path) if stage == "srgan" else None
+    trainer = make_trainer(straight, stage, photos, Recorder(stage_dir(straight, stage)))
+    trainer.resume(init)
     trainer.run()
 
-    crashed = Recorder(tmp_path / "crashed", crash_at_step=3)
-    trainer = make_trainer(cfg, stage, photos, crashed)
-    trainer.restore(None, init)
+    crashing = Recorder(stage_dir(crashed, stage), crash_at_step=3)
+    trainer = make_trainer(crashed, stage, photos, crashing)
+    trainer.resume(init)
     with pytest.raises(Crash):
         trainer.run()
-    assert crashed.metrics[-1]["step"] == 3
+    assert crashing.metrics[-1]["step"] == 3
 
-    resumed = Recorder(tmp_path / "crashed")
-    trainer = make_trainer(cfg, stage, photos, resumed)
-    trainer.restore(tmp_path / "crashed" / ckpt.checkpoint_dir_name(3), init)
-    assert trainer.step == 3 and trainer.data_state == {"epoch": 0, "position": 3}  # of 4 batches
+    trainer = make_trainer(crashed, stage, photos, Recorder(stage_dir(crashed, stage)))
+    trainer.resume(init)
+    assert trainer.resumed and trainer.step == 3
+    assert trainer.data_state == {"epoch": 0, "position": 3}  # of 4 batches
     trainer.run()
 
-    a, b = final_state(tmp_path / "straight", stage), final_state(tmp_path / "crashed", stage)
+    a, b = final_state(straight, stage), final_state(crashed, stage)
     for part, state_a in a["trainables"].items():
         state_b = b["trainables"][part]
         if part.startswith("optimizer"):
@@ -150,10 +150,56 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(photos, tmp_path
     assert a["ema"]["updates"] == b["ema"]["updates"] == 6
     assert a["data"] == b["data"]
     # And training did something: the weights moved from their start.
-    moved = make_trainer(cfg, stage, photos, Recorder(tmp_path / "unused"))
-    moved.restore(None, init)
+    moved = make_trainer(tiny_config(tmp_path / "unused"), stage, photos, Recorder(tmp_path / "unused"))
+    moved.resume(init)
     start = moved.trainables.generator.state_dict()
     assert any(not torch.equal(start[k], a["trainables"]["generator"][k]) for k in start)
+
+
+def handoff(cfg, folder: Path) -> str:
+    """A generator of ``cfg``'s model exported by an earlier stage, as the Ray entry point hands it on."""
+    from srgan_dist.generator_io import GeneratorSpec, save_generator
+
+    torch.manual_seed(7)
+    spec = GeneratorSpec.from_model_config(cfg.model, stage="srresnet", step=6)
+    return str(save_generator(spec.build(), spec, folder / "generator_srresnet.safetensors"))
+
+
+@pytest.mark.parametrize("stage", ["srresnet", "srgan"])
+def test_a_resume_in_the_other_memory_layout_updates_as_if_the_layout_had_not_changed(
+    photos, tmp_path, stage
+):
+    """A checkpoint of an NCHW run resumed as channels_last (a GPU run with ``train.channels_last``;
+    forced here on the CPU): Adam's moments take the parameters' layout, so the fused update is
+    the one an NCHW resume makes. (Moments left NCHW under channels_last parameters update wrong.)"""
+    # Without BatchNorm: a conv bias before BatchNorm has no gradient but rounding noise, which
+    # Adam scales up to full steps, so each layout's rounding would move it its own way.
+    no_bn = ("model.norm=none", "model.disc_norm=none")
+    straight, crashed = (tiny_config(tmp_path / name, *no_bn) for name in ("straight", "crashed"))
+    init = handoff(straight, tmp_path) if stage == "srgan" else None
+    trainer = make_trainer(straight, stage, photos, Recorder(stage_dir(straight, stage)))
+    trainer.resume(init)
+    trainer.run()
+    trainer = make_trainer(crashed, stage, photos, Recorder(stage_dir(crashed, stage), crash_at_step=3))
+    trainer.resume(init)
+    with pytest.raises(Crash):
+        trainer.run()
+
+    trainer = make_trainer(crashed, stage, photos, Recorder(stage_dir(crashed, stage)))
+    trainer.use_channels_last = True
+    trainer.resume(init)
+    trainer.run()
+
+    conv_weight = next(p for p in trainer.trainables.generator.parameters() if p.dim() == 4)
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last) and not conv_weight.is_contiguous()
+    for optimizer in trainer.trainables.optimizers():
+        for parameter, state in optimizer.state.items():
+            for name in ("exp_avg", "exp_avg_sq"):
+                assert state[name].stride() == parameter.stride(), name
+    a, b = final_state(straight, stage)["trainables"], final_state(crashed, stage)["trainables"]
+    for part in ("generator", "discriminator") if stage == "srgan" else ("generator",):
+        for key, value in a[part].items():
+            torch.testing.assert_close(b[part][key], value, msg=f"{part}.{key}")
 
 
 def test_ema_update_follows_the_warmed_up_formula():
@@ -194,39 +240,42 @@ def test_ema_state_round_trip_and_batchnorm_buffers_follow_the_raw_model():
 
 def test_export_holds_the_ema_and_validation_logs_both(photos, tmp_path):
     cfg = tiny_config(tmp_path, "train.ema_decay=0.99", "srresnet.val_interval=6")
-    recorder = Recorder(tmp_path / "ckpts")
+    recorder = Recorder(stage_dir(cfg, "srresnet"))
     trainer = make_trainer(cfg, "srresnet", photos, recorder, val=True)
-    trainer.restore(None, None)
+    trainer.resume(None)
     trainer.run()
-    state = final_state(tmp_path / "ckpts", "srresnet")
-    exported = generator_weights_to_export(state)
-    assert_same_tensors(exported, state["ema"]["module"])
-    assert any(not torch.equal(exported[k], state["trainables"]["generator"][k]) for k in exported)
+    state = final_state(cfg, "srresnet")
+    exported, spec = load_generator(trainer.export_generator())
+    assert spec.stage == "srresnet" and spec.step == 6
+    assert_same_tensors(exported.state_dict(), state["ema"]["module"])
+    raw = state["trainables"]["generator"]
+    assert any(not torch.equal(value, raw[k]) for k, value in exported.state_dict().items())
     final = recorder.metrics[-1]
     assert final["final"] and {"val/psnr", "val/psnr_raw", "val/psnr_bicubic"} <= final.keys()
     assert final["val/psnr"] != final["val/psnr_raw"]
     # Without an EMA the export is the raw generator.
-    state["ema"] = None
-    assert generator_weights_to_export(state) is state["trainables"]["generator"]
+    without_ema = make_trainer(tiny_config(tmp_path / "raw"), "srresnet", photos, None)
+    without_ema.resume(None)
+    assert without_ema.exported_generator is without_ema.trainables.generator
 
 
 def test_checkpoint_without_ema_cannot_resume_an_ema_run(photos, tmp_path):
     cfg = tiny_config(tmp_path, "srresnet.iterations=3")
-    trainer = make_trainer(cfg, "srresnet", photos, Recorder(tmp_path / "ckpts"))
-    trainer.restore(None, None)
+    trainer = make_trainer(cfg, "srresnet", photos, Recorder(stage_dir(cfg, "srresnet")))
+    trainer.resume(None)
     trainer.run()
     with_ema = make_trainer(tiny_config(tmp_path, "train.ema_decay=0.9"), "srresnet", photos, None)
     with pytest.raises(ckpt.CheckpointError, match="EMA"):
-        with_ema.restore(tmp_path / "ckpts" / ckpt.checkpoint_dir_name(3), None)
+        with_ema.resume(None)
 
 
 def test_cadence_logs_validates_every_interval_and_the_last_step_but_leaves_its_checkpoint_to_finish():
     cfg = tiny_config(Path("/tmp"), "srresnet.iterations=7", "srresnet.val_interval=3")
     cadence = Cadence(cfg.srresnet)
+    checkpoints = ckpt.StageCheckpoints(RunDir.of("/tmp", "x"), "srresnet", cfg.srresnet, "", 0, print)
     assert [s for s in range(1, 8) if cadence.should_log(s)] == [2, 4, 6, 7]
     assert [s for s in range(1, 8) if cadence.should_validate(s)] == [3, 6, 7]
-    assert [s for s in range(1, 8) if cadence.should_checkpoint(s)] == [3, 6]
-    assert [s for s in range(1, 8) if cadence.is_window_end(s)] == [2, 3, 4, 6, 7]
+    assert [s for s in range(1, 8) if checkpoints.due(s)] == [3, 6]
 
 
 def test_resume_takes_the_newest_good_checkpoint_of_the_stage(photos, tmp_path):
@@ -244,8 +293,8 @@ def test_resume_takes_the_newest_good_checkpoint_of_the_stage(photos, tmp_path):
     resumed = make_trainer(cfg, "srresnet", photos, Recorder(tmp_path / "unused"))
     resumed.resume(None)
     assert resumed.resumed and resumed.step == 2
-    assert resumed.damaged_note.startswith("skipped damaged checkpoint(s), resuming from step-00000002: ")
-    assert f"{newest}: 100 bytes" in resumed.damaged_note and "\n" not in resumed.damaged_note
+    assert resumed.damage_note.startswith("skipped damaged checkpoint(s), resuming from step-00000002: ")
+    assert f"{newest}: 100 bytes" in resumed.damage_note and "\n" not in resumed.damage_note
 
 
 def test_a_nonfinite_loss_can_be_skipped_and_counted(photos, tmp_path, capsys):
@@ -253,12 +302,12 @@ def test_a_nonfinite_loss_can_be_skipped_and_counted(photos, tmp_path, capsys):
     (``train/nonfinite_skips``) and said on the console, and the stage trains to its end.
     (``error``, the default, and the driver's report of it: tests/test_training.py.)"""
     cfg = tiny_config(tmp_path, "train.on_nonfinite=skip")
-    nan_at_3 = FaultHooks({"nan": {"stage": "srresnet", "step": 3}})
-    trainer = make_trainer(cfg, "srresnet", photos, Recorder(tmp_path / "ckpts"), hooks=nan_at_3)
-    trainer.restore(None, None)
+    with fault_plan({"nan": {"stage": "srresnet", "step": 3}}):
+        trainer = make_trainer(cfg, "srresnet", photos, Recorder(stage_dir(cfg, "srresnet")))
+    trainer.resume(None)
     trainer.run()
 
-    assert trainer.step == 6 and trainer.nonfinite_skips == 1
+    assert trainer.step == 6 and trainer.window.skips == 1
     assert all(torch.isfinite(p).all() for p in trainer.trainables.generator.parameters())
     assert "[srresnet] non-finite loss at step 3: update skipped (1 so far)" in capsys.readouterr().out
     events = EventAccumulator(str(RunDir.of(cfg.run.storage, cfg.run.name).tensorboard("srresnet")))

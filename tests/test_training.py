@@ -2,14 +2,14 @@
 
 The full two-stage run is ``python launch.py`` in a subprocess, as a user starts it (its own
 embedded Ray), once per module: its tests read its run directory and its console. The fault tests
-drive ``run_training`` in-process against the session's Ray instance (they need test hooks).
+drive ``run_training`` in-process against the session's Ray instance, with a fault plan
+(``conftest.fault_plan``).
 What a user relies on: the run directory contract, TensorBoard contents, the console, restarts
 and resumes.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -21,12 +21,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import load_bench_script, training_photos
+from conftest import fault_plan, load_bench_script, training_photos
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from srgan_dist import driver
 from srgan_dist.commands import train as train_command
 from srgan_dist.config import config_from_dict, load_config, to_dict
 from srgan_dist.driver import RunError, run_training
@@ -262,7 +261,7 @@ def test_one_worker_group_trains_both_stages_and_no_preemption_watcher_runs(full
 
 
 def test_a_dying_worker_restarts_in_stage_2_then_a_failure_is_reported_first_and_a_rerun_resumes(
-    ray_local, photos, tmp_path, monkeypatch, capsys
+    ray_local, photos, tmp_path, capsys
 ):
     """One run's failures in order: a worker dies in stage 2 (the group restarts in stage 2 from
     its checkpoint, stage 1 is not trained again); after the one restart allowed, a worker raises
@@ -272,10 +271,10 @@ def test_a_dying_worker_restarts_in_stage_2_then_a_failure_is_reported_first_and
         "die": {"stage": "srgan", "step": 5, "rank": 1, "marker": str(marker)},
         "raise": {"stage": "srgan", "step": 7, "rank": 0},
     }
-    monkeypatch.setattr(driver, "run_training", functools.partial(run_training, test_hooks=hooks))
     stages = ("srresnet.iterations=2", "srgan.iterations=8", "srgan.checkpoint_interval=3")
     args = launch_args(tiny_overrides(photos, tmp_path, "rerun", "train.max_failures=1", *stages))
-    assert train_command.run(args) == 2  # the "driver" gives up: stage srgan unfinished
+    with fault_plan(hooks):
+        assert train_command.run(args) == 2  # the "driver" gives up: stage srgan unfinished
     assert marker.exists()  # the worker really died
     run_dir = tmp_path / "rerun"
     tensorboard = run_dir / "tensorboard"
@@ -318,8 +317,8 @@ def test_a_dying_worker_restarts_in_stage_2_then_a_failure_is_reported_first_and
 def test_nonfinite_loss_stops_the_stage_without_checkpointing_it(ray_local, photos, tmp_path):
     hooks = {"nan": {"stage": "srresnet", "step": 3}}
     cfg = tiny_config(photos, tmp_path, "nan", "train.stages=[srresnet]")
-    with pytest.raises(RunError, match="non-finite loss at step 3"):
-        run_training(cfg, test_hooks=hooks)
+    with fault_plan(hooks), pytest.raises(RunError, match="non-finite loss at step 3"):
+        run_training(cfg)
     run_dir = tmp_path / "nan"
     assert [p.name for p in (run_dir / "nan-srresnet").glob("step-*")] == ["step-00000002"]
     assert not (run_dir / "generator_srresnet.safetensors").exists()

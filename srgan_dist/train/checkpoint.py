@@ -1,4 +1,12 @@
-"""Training checkpoints: one ``step-NNNNNNNN/`` folder per save, managed by Ray Train.
+"""Training checkpoints: their format, and :class:`StageCheckpoints`, which saves, prunes and
+resumes one stage's checkpoints and knows when they are due.
+
+Each save is one ``<run>/<name>-<stage>/step-NNNNNNNN/`` folder. Rank 0 writes it to a temporary
+folder and hands it to the ``report`` function of the Ray entry point (``train/loop.py``), which
+has Ray Train copy it into the run directory (or its cloud storage); then rank 0 prunes the
+stage's folder to ``<stage>.num_to_keep`` (Ray Train's own pruning is off, see
+``driver.fit_stages``). A stage resumes from its newest folder that verifies and loads, whatever
+Ray Train's own list of checkpoints says.
 
 A checkpoint folder holds
 - ``state.pt``: ``StageTrainer.state_dict()`` — models, optimizers, schedulers, the generator
@@ -11,6 +19,7 @@ A checkpoint folder holds
 
 ``load_checkpoint`` checks the manifest before it unpickles anything; ``load_newest_good`` is how
 a stage resumes: the newest ``step-*`` folder that verifies and loads, skipping damaged ones.
+What ``state.pt`` holds is ``StageTrainer``'s to say; this file owns the folder around it.
 
 bf16 autocast needs no gradient scaler, so none is stored (``amp: bf16`` is the only AMP mode).
 No RNG state is stored: every step seeds its random streams from (seed, rank, step).
@@ -20,17 +29,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from srgan_dist import atomic
+from srgan_dist.config import StageConfig
 from srgan_dist.errors import UserError
-from srgan_dist.rundir import CONFIG_FILE
+from srgan_dist.rundir import CONFIG_FILE, RunDir
 from srgan_dist.storage import delete_folder, join, list_folders, local_copy
 
 CHECKPOINT_FORMAT_VERSION = 3  # 3: manifest.json; 2: EMA added, RNG state dropped
@@ -59,9 +71,7 @@ def save_checkpoint(directory: Path, state: dict[str, Any], stage: str, config_y
         name: {"size": (directory / name).stat().st_size, "sha256": _sha256(directory / name)}
         for name in MANIFEST_FILES
     }
-    partial = directory / (MANIFEST_FILE + ".partial")
-    partial.write_text(json.dumps({"files": manifest}, indent=2) + "\n")
-    os.replace(partial, directory / MANIFEST_FILE)
+    atomic.write_text(directory / MANIFEST_FILE, json.dumps({"files": manifest}, indent=2) + "\n")
 
 
 def _sha256(path: Path) -> str:
@@ -162,9 +172,13 @@ class ResumePoint:
     state: dict[str, Any]
     damaged: list[CheckpointError] = field(default_factory=list)
 
-    def describe_damaged(self) -> str:
-        """One line: which newer checkpoints were skipped and why."""
-        return "; ".join(str(error) for error in self.damaged)
+    def damage_note(self) -> str:
+        """One line naming the newer checkpoints skipped and why; empty when none was."""
+        if not self.damaged:
+            return ""
+        return f"skipped damaged checkpoint(s), resuming from {self.name}: " + "; ".join(
+            map(str, self.damaged)
+        )
 
 
 def load_newest_good(stage_dir: Path | str, stage: str) -> ResumePoint | None:
@@ -191,3 +205,48 @@ def load_newest_good(stage_dir: Path | str, stage: str) -> ResumePoint | None:
             + ". Move those folders elsewhere to train the stage from its start"
         )
     return None
+
+
+Report = Callable[[dict[str, Any], Path | None, str], None]
+"""``report(metrics, checkpoint_dir or None, checkpoint_dir_name)``; every rank calls it (a
+barrier). Ray Train's ``report`` in ``train/loop.py``; tests pass their own."""
+
+
+class StageCheckpoints:
+    """One stage's checkpoints on this rank: when one is due, saving one, resuming from one.
+
+    Checkpoints are due every ``checkpoint_interval`` steps before the last; the last step's is
+    the stage's final checkpoint, saved by ``StageTrainer.finish`` with the stage's totals.
+    """
+
+    def __init__(
+        self, run_dir: RunDir, stage: str, stage_cfg: StageConfig, config_yaml: str, rank: int, report: Report
+    ) -> None:
+        self.location = run_dir.location_of(run_dir.checkpoints(stage))
+        self.stage, self.stage_cfg, self.config_yaml = stage, stage_cfg, config_yaml
+        self.rank, self.report = rank, report
+        self.last_saved = -1
+        """The step of the newest checkpoint on disk (saved or resumed from); -1 = none yet."""
+
+    def due(self, step: int) -> bool:
+        return step % self.stage_cfg.checkpoint_interval == 0 and step < self.stage_cfg.iterations
+
+    def newest_good(self) -> ResumePoint | None:
+        """The stage's newest checkpoint that verifies and loads (``load_newest_good``)."""
+        point = load_newest_good(self.location, self.stage)
+        if point is not None:
+            self.last_saved = int(point.state["step"])
+        return point
+
+    def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """Checkpoint ``state`` through ``report`` on every rank; rank 0 writes it, then prunes."""
+        step = int(state["step"])
+        name = checkpoint_dir_name(step)
+        if self.rank != 0:
+            self.report(metrics, None, name)
+        else:
+            with tempfile.TemporaryDirectory() as directory:
+                save_checkpoint(Path(directory), state, self.stage, self.config_yaml)
+                self.report(metrics, Path(directory), name)
+            prune_checkpoints(self.location, self.stage_cfg.num_to_keep, step)
+        self.last_saved = step

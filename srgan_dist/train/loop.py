@@ -44,7 +44,6 @@ from srgan_dist.errors import UserError
 from srgan_dist.monitor import console_logger
 from srgan_dist.rundir import RunDir
 from srgan_dist.summary import load_summary, record_stage, stage_finished, stage_summary
-from srgan_dist.train.faults import FaultHooks
 from srgan_dist.train.trainer import StageTrainer, all_reduce_sum
 
 
@@ -135,8 +134,6 @@ def train_stage(
     console = console_logger()
     if rank == 0:
         console.info(f"Stage {stage}: {cfg.stage(stage).iterations} steps")
-    # Ray registers a reported checkpoint when its controller next polls the workers (~2 s).
-    wait = lambda: ray.train.get_all_reported_checkpoints(timeout_s=60)  # noqa: E731
     error: UserError | None = None
     try:
         trainer = StageTrainer(
@@ -149,7 +146,6 @@ def train_stage(
             train_files=loop_config["train_files"],
             val_files=loop_config["val_files"],
             report=functools.partial(report_to_ray, run_dir.checkpoints_name(stage)),
-            hooks=FaultHooks(loop_config.get("test_hooks") or {}, wait),
         )
         trainer.resume(init_generator)
     except UserError as caught:  # config, hand-off or checkpoints: a restart would meet it again

@@ -1,8 +1,10 @@
-"""One optimizer step of each stage. Step functions take models, optimizers and a batch and return
-a dict of scalar tensors (``finite`` is 0 when a non-finite gradient made the step skip its
-update); the worker loop owns cadence, logging and checkpoints. Nothing here waits for the
+"""One optimizer step of each stage: :data:`STEP_FUNCTIONS` maps a stage name (``stages.STAGES``)
+to its step function. Every step function has one signature, :data:`StepFn`: it takes the
+models and optimizers (:class:`StepModels`), a batch and a :class:`StepContext`, and returns a
+dict of scalar tensors (``finite`` is 0 when a non-finite gradient made the step skip its
+update); ``StageTrainer`` owns cadence, logging and checkpoints. Nothing here waits for the
 device: with ``make_adam``'s optimizers a step never reads a value back to the host, so the
-loop decides when to (once per log window).
+trainer decides when to (once per log window).
 
 SRGAN step order (BasicSR's, safe under DDP with BatchNorm in D):
 1. freeze D; G loss = content + perceptual + adversarial, where D runs *unwrapped* (no DDP hooks
@@ -20,6 +22,7 @@ import contextlib
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import torch
 from torch import nn
@@ -54,14 +57,29 @@ class StepContext:
     """Makes a fresh autocast context (bf16 on GPU) or a null context."""
 
 
+@dataclass(kw_only=True)
+class StepModels:
+    """What a step runs and updates. The models are the ones that run forward: under DDP and
+    ``torch.compile`` their wrappers (``unwrap`` finds the plain module inside)."""
+
+    generator: nn.Module
+    optimizer_g: torch.optim.Optimizer
+    discriminator: nn.Module | None = None
+    """Adversarial stages only (``StageTraits.adversarial``), as is ``optimizer_d``."""
+    optimizer_d: torch.optim.Optimizer | None = None
+    perceptual: PerceptualLoss | None = None
+    """Stages with ``StageTraits.perceptual`` only; frozen, never updated."""
+
+
+StepFn: TypeAlias = Callable[[StepModels, torch.Tensor, torch.Tensor, StepContext], dict[str, torch.Tensor]]
+"""``step(models, lr, hr, ctx) -> {name: scalar tensor}``, with ``finite`` among the names."""
+
+
 def srresnet_step(
-    generator: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    lr: torch.Tensor,
-    hr: torch.Tensor,
-    ctx: StepContext,
+    models: StepModels, lr: torch.Tensor, hr: torch.Tensor, ctx: StepContext
 ) -> dict[str, torch.Tensor]:
     """One MSE (or L1) step of the generator alone."""
+    generator, optimizer = models.generator, models.optimizer_g
     generator.train()
     optimizer.zero_grad(set_to_none=True)
     with ctx.autocast():
@@ -133,16 +151,12 @@ def set_requires_grad(model: nn.Module, flag: bool) -> None:
 
 
 def srgan_step(
-    generator: nn.Module,
-    discriminator: nn.Module,
-    optimizer_g: torch.optim.Optimizer,
-    optimizer_d: torch.optim.Optimizer,
-    perceptual: PerceptualLoss,
-    lr: torch.Tensor,
-    hr: torch.Tensor,
-    ctx: StepContext,
+    models: StepModels, lr: torch.Tensor, hr: torch.Tensor, ctx: StepContext
 ) -> dict[str, torch.Tensor]:
     """One G update then one D update (see the module docstring for the order and why)."""
+    generator, discriminator, perceptual = models.generator, models.discriminator, models.perceptual
+    optimizer_g, optimizer_d = models.optimizer_g, models.optimizer_d
+    assert discriminator is not None and optimizer_d is not None and perceptual is not None
     generator.train()
     discriminator.train()
     plain_d = unwrap(discriminator)
@@ -192,3 +206,7 @@ def srgan_step(
         "disc/fake_prob": torch.sigmoid(fake_logits_d.detach().float()).mean(),
         "finite": stepped_g * stepped_d,
     }
+
+
+STEP_FUNCTIONS: dict[str, StepFn] = {"srresnet": srresnet_step, "srgan": srgan_step}
+"""The step function of each stage in ``stages.STAGES``."""

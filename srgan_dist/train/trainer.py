@@ -1,17 +1,20 @@
 """``StageTrainer``: one stage of training on one worker, from start (or resume) to its last step.
 
 The trainer knows nothing about Ray. ``train/loop.py`` (the Ray entry point) hands it the rank,
-world size, device, the stage's latest checkpoint and a ``report`` function; everything else is
-here, in the order it happens:
+world size, device, the run directory and a ``report`` function that checkpoints through Ray
+Train; the trainer finds its own checkpoint to resume from. In the order it happens:
 
-1. build G (and D, VGG in ``srgan``) identically on every rank;
+1. build G (and, per ``stages.STAGES``, D and the VGG perceptual loss) identically on every rank;
 2. :meth:`resume`: this stage's newest checkpoint that verifies and loads (newer damaged ones
    are skipped and named in one line), else the generator the previous stage exported (explicit
-   hand-off), else from scratch; then the generator EMA (:meth:`restore` takes a given folder);
-3. :meth:`run`: DDP-wrap, open this rank's data shard, then per step: one optimizer step, and on
-   their cadence a log window, a validation and a checkpoint; a final validation and checkpoint.
+   hand-off), else from scratch; then the generator EMA;
+3. :meth:`run`: wrap the models (channels_last, DDP, ``torch.compile``), open this rank's data
+   shard, then per step: the stage's step function (``steps.STEP_FUNCTIONS``), and on their
+   cadence a log window, a validation and a checkpoint; a final validation and checkpoint.
 
-Non-finite steps are counted on the device and read once per window (log, validation or
+Components own their state and cadence: :class:`~srgan_dist.train.window.StepWindow` the
+window's losses and non-finite steps, :class:`~srgan_dist.train.checkpoint.StageCheckpoints`
+saving, pruning and resuming. Non-finite steps are read once per window (log, validation or
 checkpoint), so the steady state never waits on the GPU; a step whose gradients are not finite
 skips its update (``steps.finite_step``), and with ``train.on_nonfinite=error`` the stage stops
 before the next checkpoint, so the last checkpoint on disk is always a finite one.
@@ -20,10 +23,7 @@ before the next checkpoint, so the last checkpoint on disk is always a finite on
 from __future__ import annotations
 
 import contextlib
-import json
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,31 +33,28 @@ import torch.distributed as dist
 from torch import nn
 
 from srgan_dist.config import Config, StageConfig, to_yaml
-from srgan_dist.data import build_train_loader, build_val_set
+from srgan_dist.data import TrainLoader, build_train_loader, build_val_set
 from srgan_dist.data.train_loader import derive_seed
 from srgan_dist.generator_io import GeneratorSpec, WeightsError, load_generator, save_generator
 from srgan_dist.losses import PerceptualLoss
 from srgan_dist.models import Discriminator, Generator, VGGFeatures
-from srgan_dist.monitor import make_monitor
+from srgan_dist.monitor import NullMonitor, make_monitor
+from srgan_dist.run_record import NonFiniteStop, write_stop
 from srgan_dist.rundir import RunDir
-from srgan_dist.train import checkpoint as ckpt
+from srgan_dist.stages import STAGES
+from srgan_dist.train.checkpoint import CheckpointError, Report, StageCheckpoints
 from srgan_dist.train.ema import GeneratorEMA
-from srgan_dist.train.faults import FaultHooks
-from srgan_dist.train.steps import StepContext, make_adam, srgan_step, srresnet_step
+from srgan_dist.train.faults import FaultPlan
+from srgan_dist.train.steps import STEP_FUNCTIONS, StepContext, StepModels, make_adam
 from srgan_dist.train.validation import Validator
+from srgan_dist.train.window import StepWindow
 from srgan_dist.vgg_weights import load_vgg19_features
-
-Report = Callable[[dict[str, Any], Path | None, str], None]
-"""``report(metrics, checkpoint_dir or None, checkpoint_dir_name)``; every rank calls it."""
 
 
 @dataclass(frozen=True)
 class Cadence:
-    """When a stage logs, validates and checkpoints.
-
-    The last step always logs and validates; its checkpoint is written by
-    :meth:`StageTrainer.finish`, with the stage's totals, so ``should_checkpoint`` leaves it out.
-    """
+    """When a stage logs and validates (its checkpoints: ``StageCheckpoints.due``); the last
+    step always logs and validates."""
 
     stage: StageConfig
 
@@ -70,17 +67,11 @@ class Cadence:
     def should_validate(self, step: int) -> bool:
         return self._due(step, self.stage.val_interval)
 
-    def should_checkpoint(self, step: int) -> bool:
-        return step % self.stage.checkpoint_interval == 0 and step < self.stage.iterations
-
-    def is_window_end(self, step: int) -> bool:
-        """A step after which something is logged, validated or saved: non-finite steps are read here."""
-        return self.should_log(step) or self.should_validate(step) or self.should_checkpoint(step)
-
 
 @dataclass
 class Trainables:
-    """Everything a stage updates; ``discriminator`` and its optimizer only in ``srgan``."""
+    """Everything a stage updates, as plain modules (what checkpoints and exports hold);
+    ``discriminator`` and its optimizer only in adversarial stages."""
 
     generator: Generator
     optimizer_g: torch.optim.Optimizer
@@ -100,6 +91,9 @@ class Trainables:
         }
         return {name: part for name, part in parts.items() if part is not None}
 
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return [opt for opt in (self.optimizer_g, self.optimizer_d) if opt is not None]
+
     def state_dict(self) -> dict[str, Any]:
         return {name: part.state_dict() for name, part in self._parts().items()}
 
@@ -111,6 +105,24 @@ class Trainables:
             # the fused kernels (and finite_step's sync-free skip) for checkpoints of older runs.
             for group, was_fused in zip(getattr(part, "param_groups", []), fused, strict=True):
                 group["fused"] = was_fused
+
+    def moments_follow_parameters(self) -> None:
+        """Give each optimizer tensor of a parameter's shape (Adam's moments) the parameter's strides.
+
+        Loading a checkpoint keeps the strides it was saved with, and converting a model leaves
+        its optimizer's state as it was; the fused Adam kernels walk parameter, gradient and
+        moments as flat memory, so a channels_last parameter with NCHW moments would get a wrong
+        update, without an error.
+        """
+        for optimizer in self.optimizers():
+            for parameter, state in optimizer.state.items():
+                for key, value in state.items():
+                    if (
+                        torch.is_tensor(value)
+                        and value.shape == parameter.shape
+                        and value.stride() != parameter.stride()
+                    ):
+                        state[key] = torch.empty_like(parameter, dtype=value.dtype).copy_(value)
 
     def scheduler_step(self) -> None:
         self.scheduler_g.step()
@@ -131,11 +143,20 @@ def build_trainables(cfg: Config, stage: str, device: torch.device) -> Trainable
 
     generator = GeneratorSpec.from_model_config(cfg.model).build().to(device)
     trainables = Trainables(generator, *adam(generator))
-    if stage == "srgan":
+    if STAGES[stage].adversarial:
         discriminator = Discriminator(channels=cfg.model.disc_channels, norm=cfg.model.disc_norm).to(device)
         trainables.discriminator = discriminator
         trainables.optimizer_d, trainables.scheduler_d = adam(discriminator)
     return trainables
+
+
+def build_perceptual(cfg: Config, stage: str, device: torch.device) -> PerceptualLoss | None:
+    """The VGG19 feature loss of stages that use one (``StageTraits.perceptual``)."""
+    if not STAGES[stage].perceptual:
+        return None
+    features = load_vgg19_features(cfg.loss.vgg_weights, cfg.loss.vgg_random_fallback)
+    vgg = VGGFeatures(cfg.loss.perceptual_layer, features).to(device)
+    return PerceptualLoss(vgg, cfg.loss.perceptual_scale)
 
 
 def load_handoff_generator(generator: Generator, path: str, cfg: Config) -> None:
@@ -146,11 +167,12 @@ def load_handoff_generator(generator: Generator, path: str, cfg: Config) -> None
     generator.load_state_dict(loaded.state_dict())
 
 
-def generator_weights_to_export(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """What ``generator_<stage>.safetensors`` holds: the EMA weights when the run keeps an EMA."""
-    if state.get("ema") is not None:
-        return state["ema"]["module"]
-    return state["trainables"]["generator"]
+def wrap(model: nn.Module, world_size: int, device: torch.device, compile_model: bool) -> nn.Module:
+    """``model`` as a step runs it: DDP over the ranks, then ``torch.compile`` when asked."""
+    if world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return torch.compile(model) if compile_model else model
 
 
 def all_reduce_sum(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -177,41 +199,39 @@ class StageTrainer:
         train_files: list[str],
         val_files: list[str],
         report: Report,
-        hooks: FaultHooks | None = None,
     ) -> None:
         self.cfg, self.stage, self.stage_cfg = cfg, stage, cfg.stage(stage)
         self.rank, self.world_size, self.device = rank, world_size, device
         self.run_dir, self.train_files, self.val_files = run_dir, train_files, val_files
-        self.report, self.hooks = report, hooks or FaultHooks()
         self.cadence = Cadence(self.stage_cfg)
-        self.on_gpu = device.type == "cuda"
-        self.use_channels_last = self.on_gpu and cfg.train.channels_last
+        self.checkpoints = StageCheckpoints(run_dir, stage, self.stage_cfg, to_yaml(cfg), rank, report)
+        self.window = StepWindow(device, cfg.train)
+        self.faults = FaultPlan.from_environment()
+        self.step_ctx = StepContext(loss=cfg.loss, autocast=self.autocast)
+        self.use_channels_last = device.type == "cuda" and cfg.train.channels_last
         torch.set_num_threads(max(1, int(cfg.scaling.cpus_per_worker)))
-        if self.on_gpu:
+        if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # training shapes are fixed per stage
 
         # 1. Identical init on every rank (DDP broadcasts rank 0's weights anyway; the seed also
         # makes a randomly initialised VGG identical everywhere).
         torch.manual_seed(cfg.train.seed)
         self.trainables = build_trainables(cfg, stage, device)
-        self.perceptual: PerceptualLoss | None = None
-        if stage == "srgan":
-            features = load_vgg19_features(cfg.loss.vgg_weights, cfg.loss.vgg_random_fallback)
-            vgg = VGGFeatures(cfg.loss.perceptual_layer, features).to(device)
-            self.perceptual = PerceptualLoss(vgg, cfg.loss.perceptual_scale)
+        self.perceptual = build_perceptual(cfg, stage, device)
         self.ema: GeneratorEMA | None = None
 
         # Progress, restored from a checkpoint by load_state_dict.
         self.step = 0
         self.train_time_s = 0.0
-        self.nonfinite_skips = 0
-        self.last_val: dict[str, float] = {}
         self.data_state = {"epoch": 0, "position": 0}
+        self.last_val: dict[str, float] = {}
+        self.last_validated = -1  # the step of the newest validation; -1 = none yet
         self.resumed = False
-        self.damaged_note = ""  # set by resume() when it skipped damaged checkpoints
+        self.damage_note = ""  # set by resume() when it skipped damaged checkpoints
+        self.stop_info: NonFiniteStop | None = None  # set when a non-finite loss stops the stage
 
     # -----------------------------------------------------------------------------------------
-    # State: the one place that packs and unpacks a checkpoint.
+    # State: the one place that packs and unpacks a checkpoint's state.pt.
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -220,7 +240,7 @@ class StageTrainer:
             "step": self.step,
             "train_time_s": self.train_time_s,
             "data": self.data_state,
-            "nonfinite_skips": self.nonfinite_skips,
+            "nonfinite_skips": self.window.skips,
             "last_val": self.last_val,
             "world_size": self.world_size,
         }
@@ -229,7 +249,7 @@ class StageTrainer:
         self.trainables.load_state_dict(state["trainables"])
         if self.ema is not None:
             if state.get("ema") is None:
-                raise ckpt.CheckpointError(
+                raise CheckpointError(
                     f"stage {self.stage}: train.ema_decay is on but the checkpoint holds no EMA"
                 )
             self.ema.load_state_dict(state["ema"])
@@ -238,36 +258,24 @@ class StageTrainer:
         self.data_state = {key: int(value) for key, value in state["data"].items()}
         if int(state["world_size"]) != self.world_size:
             self.data_state["position"] = 0  # other shards with another worker count: redo the epoch
-        self.nonfinite_skips = int(state["nonfinite_skips"])
+        self.window.skips = int(state["nonfinite_skips"])
         self.last_val = dict(state["last_val"])
 
     def resume(self, init_generator: str | None) -> None:
-        """2. Resume from the stage's newest good checkpoint, else as :meth:`restore` without one.
+        """2. Resume from the stage's newest good checkpoint, else start G from the previous
+        stage's ``init_generator``, else from scratch; then start the EMA from G.
 
         Raises ``CheckpointError`` when the stage has checkpoints but none verifies and loads.
         """
-        point = ckpt.load_newest_good(
-            self.run_dir.location_of(self.run_dir.checkpoints(self.stage)), self.stage
-        )
-        if point is not None and point.damaged:
-            self.damaged_note = f"skipped damaged checkpoint(s), resuming from {point.name}: " + "; ".join(
-                map(str, point.damaged)
-            )
-        self._start(point.state if point is not None else None, init_generator)
-
-    def restore(self, checkpoint_dir: Path | None, init_generator: str | None) -> None:
-        """2. Resume from ``checkpoint_dir``, else start G from ``init_generator``, else scratch."""
-        state = ckpt.load_checkpoint(checkpoint_dir, self.stage) if checkpoint_dir is not None else None
-        self._start(state, init_generator)
-
-    def _start(self, state: dict[str, Any] | None, init_generator: str | None) -> None:
-        if state is None and init_generator:
+        point = self.checkpoints.newest_good()
+        if point is None and init_generator:
             load_handoff_generator(self.trainables.generator, init_generator, self.cfg)
         if self.cfg.train.ema_decay > 0:  # starts from the hand-off weights: the EMA carries over
             self.ema = GeneratorEMA(self.trainables.generator, self.cfg.train.ema_decay)
-        if state is not None:
-            self.load_state_dict(state)
-            self.resumed = True
+        if point is not None:
+            self.load_state_dict(point.state)
+            self.resumed, self.damage_note = True, point.damage_note()
+            self.last_validated = self.step  # its scores are in last_val: finish() keeps them
 
     # -----------------------------------------------------------------------------------------
     # 3. The run
@@ -278,15 +286,18 @@ class StageTrainer:
         try:
             while self.step < self.stage_cfg.iterations:
                 self.train_step()
-                if not self.cadence.is_window_end(self.step):
-                    continue
-                if self.cadence.should_log(self.step):
+                log = self.cadence.should_log(self.step)
+                validate = self.cadence.should_validate(self.step)  # a window end, even without images
+                checkpoint = self.checkpoints.due(self.step)
+                if not (log or validate or checkpoint):
+                    continue  # inside a window: nothing is read from the device
+                if log:
                     self.log_window()
                 if self.stopped_nonfinite():  # before anything could validate or save its state
                     return
-                if self.has_val and self.cadence.should_validate(self.step):
+                if validate and self.val_files:
                     self.validate()
-                if self.cadence.should_checkpoint(self.step):
+                if checkpoint:
                     self.save_checkpoint()
             self.finish()
         finally:
@@ -294,23 +305,37 @@ class StageTrainer:
             self.monitor.close()
 
     def _setup(self) -> None:
-        cfg, stage_cfg = self.cfg, self.stage_cfg
-        generator, discriminator = self.trainables.generator, self.trainables.discriminator
+        """What exists only while the stage trains, made from the (resumed) state."""
+        self.wrapped = self._wrap_models()
+        self.loader = self._open_loader()
+        self.validator = self._make_validator()
+        self.monitor = self._open_monitor()
+        self.window.reset()
+
+    def _wrap_models(self) -> StepModels:
+        """The models as the stage's step runs them: ``trainables``' models (channels_last on a
+        GPU when asked) wrapped in DDP and ``torch.compile``; checkpoints, EMA and export use the
+        plain ones, which share their parameters."""
+        plain = self.trainables
         if self.use_channels_last:
-            for model in (generator, discriminator, self.ema.module if self.ema else None):
+            ema = self.ema.module if self.ema is not None else None
+            for model in (plain.generator, plain.discriminator, ema):
                 if model is not None:
                     model.to(memory_format=torch.channels_last)
-        if self.world_size > 1:
-            device_ids = [self.device.index] if self.on_gpu else None
-            generator = nn.parallel.DistributedDataParallel(generator, device_ids=device_ids)
-            if discriminator is not None:
-                discriminator = nn.parallel.DistributedDataParallel(discriminator, device_ids=device_ids)
-        if cfg.train.compile:
-            generator = torch.compile(generator)
-            discriminator = torch.compile(discriminator) if discriminator is not None else None
-        self.generator, self.discriminator = generator, discriminator
+        plain.moments_follow_parameters()  # after the conversion and any checkpoint load
+        wrapped = lambda model: wrap(model, self.world_size, self.device, self.cfg.train.compile)  # noqa: E731
+        return StepModels(
+            generator=wrapped(plain.generator),
+            optimizer_g=plain.optimizer_g,
+            discriminator=wrapped(plain.discriminator) if plain.discriminator is not None else None,
+            optimizer_d=plain.optimizer_d,
+            perceptual=self.perceptual,
+        )
 
-        self.loader = build_train_loader(
+    def _open_loader(self) -> TrainLoader:
+        """This rank's shard of the training data, from the resumed epoch and position."""
+        cfg, stage_cfg = self.cfg, self.stage_cfg
+        return build_train_loader(
             self.train_files,
             loader=cfg.data.loader,
             scale=cfg.model.scale,
@@ -324,129 +349,97 @@ class StageTrainer:
             start_epoch=self.data_state["epoch"],
             start_position=self.data_state["position"],
         )
-        self.batches = iter(self.loader)
-        # Validation images stay on the CPU (whole 2K photos would crowd GPU memory); each one
-        # moves to the device only while it is upscaled.
-        cpu = torch.device("cpu")
-        val_files = self.val_files[self.rank :: self.world_size]
-        grid_files = self.val_files[: cfg.data.val_grid_images] if self.rank == 0 else []
-        self.validator = Validator(
-            build_val_set(val_files, scale=cfg.model.scale, device=cpu) if val_files else [],
-            build_val_set(grid_files, scale=cfg.model.scale, device=cpu) if grid_files else [],
-            cfg.model.scale,
-            self.device,
-            cfg.data.val_grid_crop,
-        )
-        self.has_val = bool(self.val_files)
 
+    def _make_validator(self) -> Validator:
+        """This rank's share of the validation images, and (rank 0) the grid's images.
+
+        They stay on the CPU (whole 2K photos would crowd GPU memory); each one moves to the
+        device only while it is upscaled.
+        """
+        scale, cpu = self.cfg.model.scale, torch.device("cpu")
+        val_files = self.val_files[self.rank :: self.world_size]
+        grid_files = self.val_files[: self.cfg.data.val_grid_images] if self.rank == 0 else []
+        return Validator(
+            build_val_set(val_files, scale=scale, device=cpu) if val_files else [],
+            build_val_set(grid_files, scale=scale, device=cpu) if grid_files else [],
+            scale,
+            self.device,
+            self.cfg.data.val_grid_crop,
+        )
+
+    def _open_monitor(self) -> NullMonitor:
+        """TensorBoard (rank 0; a fresh folder, purged after ``self.step``) and the stage's first lines."""
         log_dir = self.run_dir.tensorboard(self.stage)
         if self.rank == 0:
             self.run_dir.fresh_folder(log_dir)
-        self.monitor = make_monitor(
-            self.rank,
-            log_dir,
-            self.stage,
-            stage_cfg.iterations,
-            self.step,
-            on_flush=lambda: self.run_dir.push(log_dir),
+        iterations = self.stage_cfg.iterations
+        monitor = make_monitor(
+            self.rank, log_dir, self.stage, iterations, self.step, on_flush=lambda: self.run_dir.push(log_dir)
         )
         where = f"on {self.world_size} worker(s)"
-        if self.damaged_note:
-            self.monitor.message(self.damaged_note)
+        if self.damage_note:
+            monitor.message(self.damage_note)
         if self.resumed:
-            self.monitor.message(
-                f"resumed from checkpoint at step {self.step}/{stage_cfg.iterations} {where}"
-            )
+            monitor.message(f"resumed from checkpoint at step {self.step}/{iterations} {where}")
         else:
-            self.monitor.message(f"starting {where}, device {self.device.type}, data via {cfg.data.loader}")
+            monitor.message(f"starting {where}, device {self.device.type}, data via {self.cfg.data.loader}")
         if self.ema is not None:
-            self.monitor.message(f"generator EMA on (decay {self.ema.decay}): validation and export use it")
-
-        self.step_ctx = StepContext(loss=cfg.loss, autocast=self.autocast)
-        self.config_yaml = to_yaml(cfg)
-        # Saved and validated at the step a resume starts from; -1 = not yet.
-        self.last_saved = self.last_validated = self.step if self.resumed else -1
-        self._new_window()
-        self.stop_info: dict[str, Any] | None = None
+            monitor.message(f"generator EMA on (decay {self.ema.decay}): validation and export use it")
+        return monitor
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.on_gpu and self.cfg.train.amp == "bf16":
+        if self.device.type == "cuda" and self.cfg.train.amp == "bf16":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _new_window(self) -> None:
-        self.window_sums: dict[str, torch.Tensor] = {}
-        self.window_good = torch.zeros((), device=self.device)
-        self.window_bad = torch.zeros((), device=self.device)
-        self.window_first_bad = torch.zeros((), dtype=torch.long, device=self.device)
-        self.window_steps, self.window_data_s, self.window_start = 0, 0.0, time.perf_counter()
-        if self.on_gpu:
-            torch.cuda.reset_peak_memory_stats(self.device)
+    @property
+    def exported_generator(self) -> nn.Module:
+        """What validation scores and the stage exports: the EMA when the run keeps one."""
+        return self.ema.module if self.ema is not None else self.trainables.generator
 
     # -----------------------------------------------------------------------------------------
     # One step, and what happens on its cadence
 
     def train_step(self) -> None:
-        """One optimizer step (G, and D in ``srgan``); no host synchronisation."""
+        """One step of the stage's step function; no host synchronisation."""
         # Every random stream a step draws from depends on (seed, rank, step) alone, so a resumed
         # run draws exactly what an uninterrupted one would.
         torch.manual_seed(derive_seed(self.cfg.train.seed, self.rank, self.step))
         step_start = time.perf_counter()
-        lr, hr = next(self.batches)
+        lr, hr = next(self.loader)
         data_s = time.perf_counter() - step_start
         if self.use_channels_last:
             lr = lr.contiguous(memory_format=torch.channels_last)
             hr = hr.contiguous(memory_format=torch.channels_last)
-        hr = self.hooks.corrupt_target(self.stage, self.step + 1, self.rank, hr)
-        if self.stage == "srresnet":
-            values = srresnet_step(self.generator, self.trainables.optimizer_g, lr, hr, self.step_ctx)
-        else:
-            values = srgan_step(
-                self.generator, self.discriminator, self.trainables.optimizer_g, self.trainables.optimizer_d,
-                self.perceptual, lr, hr, self.step_ctx,
-            )  # fmt: skip
-        finite = values.pop("finite").to(self.device).float()
+        hr = self.faults.corrupt_target(self.stage, self.step + 1, self.rank, hr)
+        values = STEP_FUNCTIONS[self.stage](self.wrapped, lr, hr, self.step_ctx)
+        finite = values.pop("finite")
         self.trainables.scheduler_step()
         if self.ema is not None:
             self.ema.update(self.trainables.generator)
         self.step += 1
         self.data_state = self.loader.state_dict()
         self.train_time_s += time.perf_counter() - step_start
-        self.hooks.after_step(self.stage, self.step, self.rank)
-
-        # Window bookkeeping on the device: losses of finite steps, and the first bad step.
-        good = finite > 0
-        for key, value in values.items():
-            value = value.detach().float().to(self.device)
-            total = self.window_sums.get(key, torch.zeros((), device=self.device))
-            self.window_sums[key] = total + torch.where(good, value, torch.zeros_like(value))
-        self.window_good += finite
-        self.window_bad += 1 - finite
-        first_unset = (self.window_first_bad == 0) & ~good
-        self.window_first_bad = torch.where(first_unset, self.step, self.window_first_bad)
-        self.window_steps += 1
-        self.window_data_s += data_s
+        self.faults.after_step(self.stage, self.step, self.rank)
+        self.window.add(self.step, values, finite, data_s)
 
     def _check_nonfinite(self) -> None:
-        """Read the window's non-finite count (one sync) and decide whether the stage stops."""
-        bad = int(self.window_bad)
-        if bad == 0 or self.stop_info is not None:
+        """Read the window's non-finite steps (one sync) and decide whether the stage stops."""
+        if self.stop_info is not None:
             return
-        first_bad = int(self.window_first_bad)
-        self.window_bad.zero_()
-        self.window_first_bad.zero_()
-        self.nonfinite_skips += bad
-        policy = self.cfg.train
-        if policy.on_nonfinite == "error" or self.nonfinite_skips > policy.max_nonfinite_skips:
-            self.stop_info = {
-                "stage": self.stage,
-                "step": first_bad,
-                "skipped_steps": self.nonfinite_skips,
-                "last_checkpoint_step": max(self.last_saved, 0),
-            }
+        found = self.window.take_nonfinite()
+        if found is None:
+            return
+        if found.stops:
+            self.stop_info = NonFiniteStop(
+                stage=self.stage,
+                step=found.first_step,
+                skipped_steps=self.window.skips,
+                last_checkpoint_step=max(self.checkpoints.last_saved, 0),
+            )
         else:
             self.monitor.message(
-                f"non-finite loss at step {first_bad}: update skipped ({self.nonfinite_skips} so far)"
+                f"non-finite loss at step {found.first_step}: update skipped ({self.window.skips} so far)"
             )
 
     def stopped_nonfinite(self) -> bool:
@@ -457,47 +450,25 @@ class StageTrainer:
         # Ray Train's Result carries only the latest *checkpoint's* metrics, and this stop
         # deliberately writes no checkpoint, so the reason travels to the driver in a file.
         if self.rank == 0:
-            marker = self.run_dir.nonfinite_marker(self.stage)
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps(self.stop_info, indent=2) + "\n")
-            self.run_dir.push(marker)
+            write_stop(self.run_dir, self.stop_info)
         self.monitor.message(
-            f"stopping: non-finite loss at step {self.stop_info['step']}; no checkpoint written from it"
+            f"stopping: non-finite loss at step {self.stop_info.step}; no checkpoint written from it"
         )
         return True
 
     def log_window(self) -> None:
         """All-reduced means of the window's losses, speed, lr and memory to TensorBoard."""
         self._check_nonfinite()
-        keys = sorted(self.window_sums)
-        local = torch.stack([*(self.window_sums[k] for k in keys), self.window_good]).double().cpu()
-        reduced = all_reduce_sum(local, self.device)
-        good_steps = float(reduced[-1])  # a window of skipped steps only has no losses to show
-        scalars = (
-            {k: float(v) / good_steps for k, v in zip(keys, reduced[:-1], strict=True)} if good_steps else {}
-        )
-        elapsed = time.perf_counter() - self.window_start
-        scalars["perf/samples_per_s"] = (
-            self.window_steps * self.stage_cfg.batch_size * self.world_size / elapsed
-        )
-        scalars["perf/data_wait_fraction"] = self.window_data_s / elapsed
+        samples_per_step = self.stage_cfg.batch_size * self.world_size
+        scalars = self.window.scalars(samples_per_step, lambda local: all_reduce_sum(local, self.device))
         scalars["lr/generator"] = self.trainables.scheduler_g.get_last_lr()[0]
-        scalars["train/nonfinite_skips"] = self.nonfinite_skips
-        if self.on_gpu:
-            # The window's peak of torch's allocator, and the whole device's use (DALI's pools,
-            # NCCL and the CUDA context included), which is what runs out first.
-            scalars["perf/gpu_max_memory_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-            free, total = torch.cuda.mem_get_info(self.device)
-            scalars["perf/gpu_used_memory_mib"] = (total - free) / 2**20
         self.monitor.scalars(self.step, scalars)
         self.monitor.progress(self.step, scalars)
-        self._new_window()
+        self.window.reset()
 
     def validate(self) -> None:
         """PSNR/SSIM of the exported generator (the EMA when on) and of bicubic; raw too with EMA."""
-        values = self._score(
-            self.ema.module if self.ema is not None else self.trainables.generator, grid=True
-        )
+        values = self._score(self.exported_generator, grid=True)
         if self.ema is not None:
             raw = self._score(self.trainables.generator, grid=False)
             values["val/psnr_raw"], values["val/ssim_raw"] = raw["val/psnr"], raw["val/ssim"]
@@ -511,7 +482,7 @@ class StageTrainer:
             text += f"; raw weights PSNR {values['val/psnr_raw']:.2f} dB"
         self.monitor.message(text)
         self.last_val, self.last_validated = values, self.step
-        if self.on_gpu:  # keep validation's peak out of the next training window's memory scalar
+        if self.device.type == "cuda":  # keep validation's peak out of the next window's memory scalar
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def _score(self, generator: nn.Module, grid: bool) -> dict[str, float]:
@@ -528,8 +499,7 @@ class StageTrainer:
         }
 
     def save_checkpoint(self, extra_metrics: dict[str, Any] | None = None) -> None:
-        """Checkpoint through ``report`` on every rank (a barrier); rank 0 writes the files."""
-        name = ckpt.checkpoint_dir_name(self.step)
+        """Checkpoint the stage's state now (every rank calls it: a barrier)."""
         metrics = {
             "step": self.step,
             "stage": self.stage,
@@ -537,19 +507,7 @@ class StageTrainer:
             **self.last_val,
             **(extra_metrics or {}),
         }
-        if self.rank != 0:
-            self.report(metrics, None, name)
-        else:
-            with tempfile.TemporaryDirectory() as directory:
-                ckpt.save_checkpoint(Path(directory), self.state_dict(), self.stage, self.config_yaml)
-                self.report(metrics, Path(directory), name)
-            # Per-stage retention: Ray Train's own pruning (one num_to_keep per run) is off.
-            ckpt.prune_checkpoints(
-                self.run_dir.location_of(self.run_dir.checkpoints(self.stage)),
-                self.stage_cfg.num_to_keep,
-                self.step,
-            )
-        self.last_saved = self.step
+        self.checkpoints.save(self.state_dict(), metrics)
 
     def final_metrics(self) -> dict[str, Any]:
         """The stage's totals for ``summary.json`` (also in its final checkpoint's metrics)."""
@@ -567,19 +525,17 @@ class StageTrainer:
         }
 
     def export_generator(self) -> Path:
-        """Write ``generator_<stage>.safetensors`` (the EMA when kept) from the final state."""
+        """Write ``generator_<stage>.safetensors`` (the EMA when kept) and push it."""
         spec = GeneratorSpec.from_model_config(self.cfg.model, stage=self.stage, step=self.step)
-        generator = spec.build()
-        generator.load_state_dict(generator_weights_to_export(self.state_dict()))
-        path = save_generator(generator, spec, self.run_dir.generator(self.stage))
+        path = save_generator(self.exported_generator, spec, self.run_dir.generator(self.stage))
         self.run_dir.push_generator(self.stage)
         return path
 
     def finish(self) -> None:
         """Final validation and checkpoint (unless resumed exactly at the end), then hparams."""
-        if self.has_val and self.last_validated != self.step:
+        if self.val_files and self.last_validated != self.step:
             self.validate()
-        if self.last_saved != self.step:
+        if self.checkpoints.last_saved != self.step:
             self.save_checkpoint({**self.final_metrics(), "final": True})
         if self.last_val:
             m, s = self.cfg.model, self.stage_cfg
