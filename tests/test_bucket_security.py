@@ -119,3 +119,25 @@ def test_a_planted_dotdot_key_writes_nothing_outside_the_download(s3_server, tmp
     target = tmp_path / "copy"
     assert storage.download(s3_server.uri("clean/run/tensorboard"), target)
     assert (target / "srgan" / "events.out.tfevents.2").read_bytes() == b"events2"
+
+
+def test_a_checkpoint_with_a_planted_key_is_skipped_as_damaged(s3_server, tmp_path, monkeypatch):  # noqa: F811
+    from test_checkpoint import write
+
+    from srgan_dist.train import checkpoint as ckpt
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "test")
+    local = tmp_path / "stage"
+    for step in (2, 4):
+        write(local, step)
+    stage_uri = s3_server.uri("ckpt/run/run-srresnet")
+    storage.upload(local, stage_uri)
+    victim = tmp_path / "victim"
+    escape = "/".join([".."] * (len(tmp_path.parts) + 8)) + str(victim / "pwned")
+    put(s3_server, f"ckpt/run/run-srresnet/step-00000004/{escape}", b"pwned")
+    point = ckpt.load_newest_good(stage_uri, "srresnet")
+    assert point is not None and point.name == "step-00000002"
+    assert len(point.damaged) == 1 and "outside the folder it belongs to" in str(point.damaged[0])
+    assert not victim.exists()

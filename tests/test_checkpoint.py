@@ -111,7 +111,7 @@ def test_malicious_state_is_refused_without_running_it(tmp_path):
     # With a manifest that agrees: torch's weights-only unpickler refuses it, and the message
     # does not suggest weights_only=False.
     rewrite_manifest(directory)
-    with pytest.raises(ckpt.CheckpointError, match="refused, it holds objects other than tensors") as error:
+    with pytest.raises(ckpt.CheckpointError, match="refused: it holds objects other than tensors") as error:
         ckpt.load_checkpoint(directory, "srresnet")
     assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
     assert not pwned.exists()

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import re
 import tempfile
 from collections.abc import Callable
@@ -41,9 +40,9 @@ import torch
 
 from srgan_dist import atomic
 from srgan_dist.config import StageConfig
-from srgan_dist.errors import UserError
+from srgan_dist.errors import UserError, torch_load_problem
 from srgan_dist.rundir import CONFIG_FILE, RunDir
-from srgan_dist.storage import delete_folder, join, list_folders, local_copy
+from srgan_dist.storage import UnsafeObjectKey, delete_folder, join, list_folders, local_copy
 
 CHECKPOINT_FORMAT_VERSION = 3  # 3: manifest.json; 2: EMA added, RNG state dropped
 STATE_FILE = "state.pt"
@@ -132,16 +131,10 @@ def load_checkpoint(directory: Path, stage: str) -> dict[str, Any]:
     path = directory / STATE_FILE
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        # torch's message suggests weights_only=False, i.e. running whatever the file says: keep
-        # only its line naming what was refused.
-        what = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line][:1]
-        raise CheckpointError(
-            f"{path}: refused, it holds objects other than tensors and plain Python"
-            + "".join(f" ({line[:200]})" for line in what)
-        ) from error
-    except Exception as error:  # torch raises zip/runtime errors for damaged files
-        raise CheckpointError(f"{path}: cannot be loaded ({str(error).splitlines()[0][:200]})") from error
+    except (
+        Exception
+    ) as error:  # UnpicklingError for objects other than tensors, zip/runtime errors for damage
+        raise CheckpointError(f"{path}: cannot be loaded ({torch_load_problem(error)})") from None
 
 
 def list_checkpoints(stage_dir: Path | str) -> list[str]:
@@ -198,6 +191,8 @@ def load_newest_good(stage_dir: Path | str, stage: str) -> ResumePoint | None:
                 return ResumePoint(name, load_checkpoint(directory, stage), damaged)
         except CheckpointError as error:
             damaged.append(error)
+        except UnsafeObjectKey as error:  # a key planted in the bucket: damage, nothing written
+            damaged.append(CheckpointError(str(error)))
     if damaged:
         raise CheckpointError(
             f"no usable checkpoint in {stage_dir}: "
