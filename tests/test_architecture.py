@@ -19,9 +19,10 @@ FLOORS: dict[str, int] = {
     # 2: training one stage on one worker, without Ray
     "train.steps": 2, "train.ema": 2, "train.validation": 2, "train.checkpoint": 2,
     "train.faults": 2, "train.trainer": 2, "train": 2,
-    # 3: the distributed seam: Ray Train's worker entry, the staged driver, the Jobs client, the
+    # 3: the distributed seam: Ray Train's worker entry, the Ray session (address, joining, GPU or
+    # CPU, workers), the staged driver, the Jobs client, the
     # cluster pre-flight checks
-    "train.loop": 3, "driver": 3, "jobs": 3, "embedded_ray": 3, "doctor": 3,
+    "train.loop": 3, "ray_session": 3, "driver": 3, "jobs": 3, "embedded_ray": 3, "doctor": 3,
     # 4: entry points
     "cli": 4, "commands": 4, "commands.": 4,
     # the package itself: its version only
@@ -29,7 +30,16 @@ FLOORS: dict[str, int] = {
 }  # fmt: skip
 # Third-party packages only these modules may import (module prefix → allowed importers).
 OWNERS = {
-    "ray": ("train.loop", "driver", "jobs", "embedded_ray", "doctor", "commands.cluster", "commands.doctor"),
+    "ray": (
+        "train.loop",
+        "ray_session",
+        "driver",
+        "jobs",
+        "embedded_ray",
+        "doctor",
+        "commands.cluster",
+        "commands.doctor",
+    ),
     "nvidia.dali": ("data.train_loader", "data.dali_pipeline"),
     "torch.distributed": ("train.trainer", "doctor"),  # doctor: its all-reduce check
 }

@@ -5,8 +5,10 @@
     srgan-dist logs demo-20260101-120000 --follow
     srgan-dist stop demo-20260101-120000
 
-The job server address comes from ``--address``, else ``$RAY_ADDRESS``, else
-http://127.0.0.1:8265 (an SSH tunnel or ``kubectl port-forward`` to the head's dashboard port).
+The job server address comes from ``--address``, else ``$RAY_API_SERVER_ADDRESS``, else
+``$RAY_ADDRESS``, else http://127.0.0.1:8265 (an SSH tunnel or ``kubectl port-forward`` to the
+head's dashboard port): the Jobs SDK's own order, for every one of these commands
+(``srgan_dist/ray_session.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from srgan_dist.errors import UserError
 from srgan_dist.rundir import TENSORBOARD_DIR
 from srgan_dist.storage import is_uri
 
-ADDRESS_HELP = "job server URL (default: $RAY_ADDRESS, else http://127.0.0.1:8265)"
+ADDRESS_HELP = (
+    "job server URL (default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, else http://127.0.0.1:8265)"
+)
 
 
 def register(subparsers) -> None:
@@ -123,14 +127,20 @@ def _job_server_errors(command):
         try:
             return command(args)
         except Exception as error:
-            from ray.exceptions import AuthenticationError  # Ray is loaded by now if it matters
-
-            if not isinstance(error, (AuthenticationError, ConnectionError, RuntimeError, UserError)):
+            if not isinstance(error, _job_server_error_types()):
                 raise
             print(f"srgan-dist {args.command}: {error}", file=sys.stderr)
             return 1
 
     return run
+
+
+def _job_server_error_types() -> tuple[type[Exception], ...]:
+    """What a job command reports in one line: ``UserError`` (``jobs.JobError`` included: the job
+    client turns the Jobs SDK's failed requests into one), a refused connection, a refused token."""
+    from ray.exceptions import AuthenticationError  # Ray is loaded by now if it matters
+
+    return (UserError, ConnectionError, AuthenticationError)
 
 
 def _env_vars(pairs: list[str]) -> dict[str, str]:
@@ -147,8 +157,9 @@ def _env_vars(pairs: list[str]) -> dict[str, str]:
 
 def run_submit(args: argparse.Namespace) -> int:
     from srgan_dist import jobs
+    from srgan_dist.ray_session import resolve_address
 
-    address = jobs.resolve_address(args.address)
+    address = resolve_address(args.address, "jobs").value
     options = jobs.JobOptions(
         working_dir=args.working_dir,
         runtime_env_base=jobs.load_runtime_env_file(args.runtime_env) if args.runtime_env else None,
