@@ -129,21 +129,23 @@ def training_entrypoint(
     config: str,
     name: str,
     storage: str,
-    workers: str | None = None,
-    resume: bool = False,
     overrides: list[str] = (),
     python: str = "python",
-    verbose: bool = False,
+    **flags: str | bool | None,
 ) -> str:
-    """The shell command of a training job: ``python launch.py --address auto ...``."""
+    """The shell command of a training job: ``python launch.py --address auto ...``.
+
+    ``flags`` are launch.py's own training flags by argparse destination
+    (``commands.train.TRAINING_FLAGS``, e.g. ``workers="1-2"``, ``resume=True``): a string goes on
+    as ``--flag value``, True as ``--flag``; None and False are left out."""
     args = [python, "launch.py", "--address", "auto", "--config", config, "--name", name]
     args += ["--storage", storage]
-    if workers is not None:
-        args += ["--workers", workers]
-    if resume:
-        args.append("--resume")
-    if verbose:
-        args.append("--verbose")
+    for dest, value in flags.items():
+        option = "--" + dest.replace("_", "-")
+        if isinstance(value, str):
+            args += [option, value]
+        elif value is True:
+            args.append(option)
     args += list(overrides)
     return shlex.join(args)
 
@@ -254,38 +256,35 @@ def build_training_job(
     config: str,
     name: str | None = None,
     storage: str | None = None,
-    workers: str | None = None,
-    resume: bool = False,
     overrides: list[str] = (),
     python: str = "python",
-    verbose: bool = False,
     options: JobOptions | None = None,
+    **flags: str | bool | None,
 ) -> JobRequest:
     """The job request that trains ``config`` on a cluster.
 
     The config (with ``overrides``) is validated here, before anything is uploaded; its
-    ``run.name`` and ``run.storage`` are the defaults for ``name`` and ``storage``.
+    ``run.name`` and ``run.storage`` are the defaults for ``name`` and ``storage``. ``flags`` are
+    the job's other launch.py training flags (``training_entrypoint``).
     """
     from srgan_dist.config import load_config
 
     options = options or JobOptions()
     # --name/--storage are checked as the job's launch.py will check them: `--name ''` is an error.
-    flags = [f"run.name={name}"] if name is not None else []
-    flags += [f"run.storage={storage}"] if storage is not None else []
-    cfg = load_config(config, [*overrides, *flags])
-    if workers is not None:
-        parse_workers(workers)
+    run_flags = [f"run.name={name}"] if name is not None else []
+    run_flags += [f"run.storage={storage}"] if storage is not None else []
+    cfg = load_config(config, [*overrides, *run_flags])
+    if flags.get("workers") is not None:
+        parse_workers(flags["workers"])
     name = cfg.run.name
     storage = check_storage(cfg.run.storage)
     entrypoint = training_entrypoint(
         config=config_path_for_job(config, options.working_dir),
         name=name,
         storage=storage,
-        workers=workers,
-        resume=resume,
         overrides=list(overrides),
         python=python,
-        verbose=verbose,
+        **flags,
     )
     return build_command_job(
         entrypoint=entrypoint, name=name, options=options, run_dir=join_run_location(storage, name)

@@ -188,3 +188,25 @@ def test_a_failed_job_server_request_is_a_job_error_and_other_runtime_errors_are
     monkeypatch.setattr(jobs, "client", lambda address: Client(NotImplementedError("a bug")))
     with pytest.raises(NotImplementedError):  # a RuntimeError subclass: not the SDK's request failure
         main(["status", "nope"])
+
+
+def test_every_training_flag_of_submit_reaches_the_jobs_launch_py_unchanged(monkeypatch, tmp_path):
+    """``submit`` and ``train`` share ``TRAINING_FLAGS``: what submit is given, the job's
+    ``launch.py`` parses back to the same values."""
+    import argparse
+
+    from srgan_dist.cli import main
+    from srgan_dist.commands.train import add_arguments, training_flag_values
+
+    submitted = []
+    monkeypatch.setattr(jobs, "submit", lambda request, address: submitted.append(request) or "job-1")
+    given = ["--name", "n", "--storage", str(tmp_path), "--workers", "1-2", "--resume", "-v"]
+    argv = ["submit", "--config", str(ROOT / "configs" / "demo.yaml"), "--working-dir", str(ROOT), *given]
+    assert main([*argv, "srresnet.iterations=4"]) == 0
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    job_args = parser.parse_args(shlex.split(submitted[0].entrypoint)[2:])
+    assert training_flag_values(job_args) == {
+        "name": "n", "storage": str(tmp_path), "workers": "1-2", "resume": True, "verbose": True,
+    }  # fmt: skip
+    assert (job_args.address, job_args.overrides) == ("auto", ["srresnet.iterations=4"])

@@ -18,6 +18,7 @@ import json
 import shlex
 import sys
 
+from srgan_dist.commands import train
 from srgan_dist.errors import UserError
 from srgan_dist.rundir import TENSORBOARD_DIR
 from srgan_dist.storage import is_uri
@@ -39,23 +40,14 @@ def register(subparsers) -> None:
     )
     submit.add_argument("--address", default=None, help=ADDRESS_HELP)
     submit.add_argument("--config", help="config YAML (inside --working-dir, or an absolute path)")
-    submit.add_argument("--name", help="run name (default: run.name of the config)")
-    submit.add_argument(
-        "--storage",
-        help="storage root every node can reach: absolute (NFS) path or URI such as s3://bucket/runs "
-        "(default: run.storage of the config, which must then be absolute)",
+    train.add_training_flags(
+        submit,
+        helps={
+            "storage": "storage root every node can reach: absolute (NFS) path or URI such as "
+            "s3://bucket/runs (default: run.storage of the config, which must then be absolute)",
+        },
     )
-    submit.add_argument(
-        "--workers", help="N workers, or MIN-MAX for an elastic run (default: scaling.num_workers)"
-    )
-    submit.add_argument("--resume", action="store_true", help="continue the run of the same --name")
     submit.add_argument("--wait", action="store_true", help="follow the logs; exit 1 unless it succeeds")
-    submit.add_argument(
-        "--verbose",
-        "-v",
-        action="store_true",
-        help="the job prints Ray's logs and every worker's output too (always in <run dir>/train.log)",
-    )
     submit.add_argument("--working-dir", default=".", help="project folder to upload (default .)")
     submit.add_argument(
         "--runtime-env", metavar="FILE", help="runtime env YAML to start from (e.g. cluster/runtime_env.yaml)"
@@ -93,9 +85,7 @@ def register(subparsers) -> None:
         "--entrypoint",
         help="advanced: run this shell command instead of launch.py (smoke tests, custom scripts)",
     )
-    submit.add_argument(
-        "overrides", nargs="*", metavar="key.path=value", help="config overrides (anywhere on the line)"
-    )
+    train.add_overrides(submit)
     submit.set_defaults(func=_job_server_errors(run_submit))
 
     status = subparsers.add_parser(
@@ -180,14 +170,10 @@ def run_submit(args: argparse.Namespace) -> int:
                 return 2
             request = jobs.build_training_job(
                 config=args.config,
-                name=args.name,
-                storage=args.storage,
-                workers=args.workers,
-                resume=args.resume,
                 overrides=args.overrides,
                 python=args.python,
-                verbose=args.verbose,
                 options=options,
+                **train.training_flag_values(args),
             )
     except UserError as error:
         print(f"srgan-dist submit: {error}", file=sys.stderr)

@@ -16,7 +16,7 @@ import shlex
 import sys
 import time
 
-from srgan_dist.commands.train import config_from_args
+from srgan_dist.commands.train import add_overrides, config_from_args
 
 DEFAULT_TIMEOUT_S = 90.0
 
@@ -47,9 +47,7 @@ def register(subparsers) -> None:
         metavar="S",
         help=f"seconds each check may take before it FAILs (default {DEFAULT_TIMEOUT_S:g})",
     )
-    doctor.add_argument(
-        "overrides", nargs="*", metavar="key.path=value", help="config overrides (anywhere on the line)"
-    )
+    add_overrides(doctor)
     doctor.set_defaults(func=run, name=None)
 
 
