@@ -102,3 +102,33 @@ def test_the_checker_sees_a_real_upward_import():
         target.startswith("srgan_dist.train.trainer") for target in MODULES["train.loop"]
     )
     assert floor("train.loop") > floor("train.trainer") > floor("data.scan") > floor("config")
+
+
+def test_only_the_ray_session_resolves_addresses_probes_clusters_and_sizes_worker_groups():
+    """The Ray address, the join checks and Ray Train's ``ScalingConfig`` have one home,
+    ``ray_session.py``, which the driver, the job client and the doctor call."""
+    session_only_imports = (
+        "ray.train.ScalingConfig",  # the worker group's size and resources
+        "ray._raylet.GcsClient",  # the token probe
+        "ray._private.services.canonicalize_bootstrap_address",  # the loopback probe
+        "ray.autoscaler.sdk.request_resources",  # the GPU wait
+    )
+    session_only_constants = {"RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"}  # which address, from where
+    strays = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path)
+        if name == "ray_session":
+            continue
+        strays += [
+            f"srgan_dist.{name} imports {target}"
+            for target in session_only_imports
+            if target in MODULES[name]
+        ]
+        constants = {
+            node.value for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant)
+        }
+        strays += [
+            f"srgan_dist.{name} names {value!r}" for value in sorted(session_only_constants & constants)
+        ]
+    assert not strays, "\n".join(strays)
+    assert "ray.train.ScalingConfig" in MODULES["ray_session"]  # the checker sees the real import
