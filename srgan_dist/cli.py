@@ -1,8 +1,10 @@
 """The ``srgan-dist`` console script: one sub-command per user task.
 
 Each module in ``COMMAND_MODULES`` adds its sub-commands with ``register(subparsers)`` and sets
-``func(args) -> exit code``. Command modules import only argparse at module level, so ``--help``
-stays fast; torch, Ray and DALI are imported when a command runs.
+``func(args) -> exit code``. At module level command modules import only argparse and light
+modules of this package (errors, run-dir names, storage URIs, the shared training flags of
+``commands/train.py``), so ``--help`` stays fast; torch, Ray, DALI and numpy are imported when a
+command runs (``tests/test_cli.py`` checks).
 """
 
 from __future__ import annotations

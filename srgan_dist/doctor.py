@@ -29,6 +29,7 @@ from typing import Any, Literal, TextIO
 
 from srgan_dist.config import Config
 from srgan_dist.errors import UserError
+from srgan_dist.ray_session import fewest_workers, scaling_config, use_gpu, workers_text
 from srgan_dist.stages import needs_vgg
 from srgan_dist.storage import StorageError, check_writable, is_uri, join
 
@@ -320,21 +321,23 @@ class Doctor:
         return self.lines
 
     def check_workers(self, nodes: list[Node]) -> bool:
-        """Does ``scaling.num_workers`` fit the nodes (whole workers per node)?"""
+        """Do the workers fit the nodes (whole workers per node)? An elastic run needs room for
+        its ``scaling.min_workers`` only."""
         import ray
 
         scaling = self.cfg.scaling
-        total_gpus = sum(node.gpus for node in nodes)
-        self.use_gpu = scaling.accelerator == "gpu" or (scaling.accelerator == "auto" and total_gpus >= 1)
+        self.use_gpu = use_gpu(scaling, sum(node.gpus for node in nodes))
         per_worker = f"{scaling.cpus_per_worker:g} CPU" + (" + 1 GPU" if self.use_gpu else "")
         slots = sum(
             min(int(node.cpus // scaling.cpus_per_worker), int(node.gpus) if self.use_gpu else sys.maxsize)
             for node in nodes
         )
-        want = (
-            f"scaling.num_workers={scaling.num_workers} x ({per_worker}, accelerator={scaling.accelerator})"
-        )
-        if slots < scaling.num_workers and scaling.accelerator == "gpu":
+        needed = fewest_workers(scaling)
+        counts = f"scaling.num_workers={scaling.num_workers}"
+        if scaling.min_workers:
+            counts = f"scaling.min_workers={scaling.min_workers}..{counts} (elastic)"
+        want = f"{counts} x ({per_worker}, accelerator={scaling.accelerator})"
+        if slots < needed and scaling.accelerator == "gpu":
             # Autoscaling clusters start their GPU node types at 0: the all-reduce's request for
             # GPU workers is what makes the autoscaler add them (it then has --timeout seconds).
             self.say(
@@ -343,14 +346,14 @@ class Doctor:
                 "else use fewer --workers or add GPU nodes. GPU checks cover only the nodes up now",
             )  # fmt: skip
             return True
-        if slots < scaling.num_workers:
+        if slots < needed:
             self.say(
                 "FAIL", "workers", "cluster", f"{want} does not fit: the nodes have room for {slots}",
                 "use fewer --workers, lower scaling.cpus_per_worker, or add nodes",
             )  # fmt: skip
             return False
         free_cpus = ray.available_resources().get("CPU", 0.0)
-        if free_cpus < scaling.num_workers * scaling.cpus_per_worker:
+        if free_cpus < needed * scaling.cpus_per_worker:
             self.say(
                 "WARN", "workers", "cluster", f"{want} fits ({slots} slots) but only {free_cpus:g} CPU are free now",
                 "another job holds the rest; the run (and the all-reduce below) waits for it",
@@ -518,7 +521,7 @@ class Doctor:
 
     def check_all_reduce(self, fits: bool) -> None:
         """A Ray Train run of ``scaling.num_workers`` workers doing one timed all-reduce."""
-        from ray.train import RunConfig, ScalingConfig
+        from ray.train import RunConfig
         from ray.train.torch import TorchTrainer
 
         scaling = self.cfg.scaling
@@ -530,12 +533,7 @@ class Doctor:
         storage_path = join(self.storage, DOCTOR_DIR) if is_uri(self.storage) else self.probe_dir
         trainer = TorchTrainer(
             all_reduce_loop,
-            scaling_config=ScalingConfig(
-                num_workers=scaling.num_workers,
-                use_gpu=self.use_gpu,
-                resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if self.use_gpu else {})},
-                placement_strategy=scaling.placement_strategy,
-            ),
+            scaling_config=scaling_config(scaling, self.use_gpu),
             run_config=RunConfig(name="all-reduce", storage_path=storage_path),
         )
         outcome: dict[str, Any] = {}
@@ -553,7 +551,7 @@ class Doctor:
         wall = time.monotonic() - started
         if thread.is_alive():
             self.say(
-                "FAIL", "all-reduce", "cluster", f"{scaling.num_workers} workers did not finish within {self.timeout_s:.0f} s",
+                "FAIL", "all-reduce", "cluster", f"{workers_text(scaling)} workers did not finish within {self.timeout_s:.0f} s",
                 "check `ray status` for resources held by other jobs, and the Ray Train logs",
             )  # fmt: skip
             return
@@ -561,9 +559,10 @@ class Doctor:
             self.say("FAIL", "all-reduce", "cluster", f"Ray Train run failed: {_one_line(outcome['error'])}")
             return
         metrics = outcome["result"].metrics
-        expected = scaling.num_workers * (scaling.num_workers + 1) / 2
+        world_size = len(metrics["nodes"])  # an elastic run starts with as many as fit
+        expected = world_size * (world_size + 1) / 2
         summary = (
-            f"{scaling.num_workers} workers ({metrics['backend']}, nodes {','.join(metrics['nodes'])}): "
+            f"{world_size} workers ({metrics['backend']}, nodes {','.join(metrics['nodes'])}): "
             f"all-reduce {metrics['all_reduce_ms']:.1f} ms, Ray Train run {wall:.1f} s wall"
         )
         if metrics["sum"] != expected:

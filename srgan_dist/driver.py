@@ -26,7 +26,6 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +42,10 @@ from srgan_dist.config import (
 )
 from srgan_dist.console import RunLog, say
 from srgan_dist.errors import UserError
+from srgan_dist.ray_session import connect_ray, decide_gpu, scaling_config, training_address_problem
 from srgan_dist.rundir import RunDir
 from srgan_dist.stages import needs_vgg
-from srgan_dist.storage import StorageError, is_uri
+from srgan_dist.storage import StorageError
 from srgan_dist.summary import load_summary, stage_finished
 
 log = logging.getLogger(__name__)
@@ -143,160 +143,12 @@ def check_vgg(cfg: Config) -> str:
 # Ray
 
 
-def ray_address(address: str | None) -> tuple[str | None, str]:
-    """The Ray address training joins (``--address``, else ``RAY_ADDRESS``) and where it came from."""
-    if address:
-        return address, "--address"
-    env = os.environ.get("RAY_ADDRESS")
-    return env or None, "RAY_ADDRESS"
-
-
-def connect_ray(address: str | None, num_workers: int, cpus_per_worker: float) -> None:
-    """Join ``address`` (or ``RAY_ADDRESS``), else start an embedded Ray: 127.0.0.1 only, token auth on.
-
-    A process that already called ``ray.init`` (a notebook, the tests) trains on that Ray;
-    ``check_ray_address`` has refused an address that names another cluster before this."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address, _ = ray_address(address)
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        say(f"Connected to Ray cluster at {address}")
-        return
-    # One CPU per worker plus one for Ray Train's controller; at least what the machine has.
-    num_cpus = max(os.cpu_count() or 1, int(num_workers * cpus_per_worker) + 1)
-    from srgan_dist.embedded_ray import init_embedded_ray
-
-    init_embedded_ray(num_cpus, runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
-    say(f"Started an embedded local Ray instance ({num_cpus} CPUs, 127.0.0.1)")
-
-
 def check_ray_address(address: str | None) -> None:
-    """Refuse, in one line and within seconds, an address training cannot join (pre-flight):
-    a job-server URL, a host:port where no Ray answers, another cluster than the one this process
-    is already connected to (Ray keeps one connection per process), a loopback address Ray would
-    dial as this machine's IP, or a cluster that refuses this process's token."""
-    from srgan_dist.jobs import gcs_join_problem, gcs_unreachable
-
-    address, source = ray_address(address)
-    if not address:
-        return
-    if is_uri(address) and not address.startswith("ray://"):
-        raise RunError(
-            f"{source}={address} is a URL: that is the job server, which `srgan-dist submit` takes. "
-            "Training joins a cluster by its GCS address (host:6379, or 'auto' inside a cluster job); "
-            "unset RAY_ADDRESS to train on an embedded local Ray"
-        )
-    problem = gcs_unreachable(address)
+    """Refuse, in one line and within seconds, an address training cannot join (pre-flight;
+    ``ray_session.training_address_problem`` says which problems)."""
+    problem = training_address_problem(address)
     if problem:
-        raise RunError(
-            f"{source}={address}: no Ray cluster answers there ({problem}). Start one (ray start --head, "
-            "cluster/local_cluster.sh up) or fix the address; no run was started"
-        )
-    import ray  # only with an address: a run with nothing left to train needs no Ray
-
-    if ray.is_initialized():  # connect_ray will not call ray.init again
-        connected = ray.get_runtime_context().gcs_address
-        if address == "auto" or same_host_port(address, connected):
-            return
-        raise RunError(
-            f"{source}={address}: this process is already connected to the Ray cluster at {connected} "
-            "(ray.init was called before training) and Ray joins one cluster per process. "
-            "Call ray.shutdown() first, or train without an address on the cluster already joined"
-        )
-    join_problem = gcs_join_problem(address)
-    if join_problem:
-        reason, fix = join_problem
-        raise RunError(f"{source}={address}: {reason}. Fix: {fix}; no run was started")
-
-
-def same_host_port(a: str, b: str) -> bool:
-    """Whether two ``host:port`` addresses name the same endpoint (host names resolved)."""
-    import contextlib
-    import socket
-
-    from srgan_dist.jobs import host_and_port
-
-    def endpoint(address: str) -> tuple[str, str]:
-        host, port = host_and_port(address)
-        with contextlib.suppress(OSError):  # unresolvable: compared as written
-            host = socket.gethostbyname(host)
-        return host, port
-
-    return endpoint(a) == endpoint(b)
-
-
-def decide_gpu(cfg: Config) -> bool:
-    """GPU or CPU workers, said in one line with the reason; with ``gpu``, wait for the GPUs."""
-    import ray
-
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    accelerator = cfg.scaling.accelerator
-    use_gpu = accelerator == "gpu" or (accelerator == "auto" and gpus >= 1)
-    workers = workers_setting(cfg)
-    count = f"{workers[0]}-{workers[1]} (elastic)" if isinstance(workers, tuple) else str(workers)
-    if use_gpu:
-        why = "scaling.accelerator=gpu" if accelerator == "gpu" else f"auto: the cluster has {gpus} GPU(s)"
-        say(f"Training on GPUs: {count} worker(s), 1 GPU each (NCCL) - {why}")
-        needed = workers[0] if isinstance(workers, tuple) else workers
-        wait_for_gpus(needed, cfg.scaling.cpus_per_worker, cfg.scaling.resource_timeout_s)
-    else:
-        why = (
-            "scaling.accelerator=cpu"
-            if accelerator == "cpu"
-            else "auto: no GPUs in the Ray cluster now (on an autoscaling cluster whose GPU nodes "
-            "start at 0, set scaling.accelerator=gpu)"
-        )
-        say(f"Training on CPUs: {count} worker(s), {cfg.scaling.cpus_per_worker:g} CPU each (gloo) - {why}")
-    return use_gpu
-
-
-def wait_for_gpus(needed: int, cpus_per_worker: float, timeout_s: float, poll_s: float = 2.0) -> None:
-    """Ask the autoscaler for ``needed`` GPU workers and wait until the cluster has that many GPUs.
-
-    ``request_resources`` is how Ray's autoscaler learns about demand before any task asks; the
-    request is withdrawn once the GPUs are there (Ray Train's own placement group then holds them).
-    Prints a waiting line every minute; raises ``RunError`` after ``timeout_s``, before anything
-    is started, so nothing is lost.
-    """
-    import ray
-    from ray.autoscaler.sdk import request_resources
-
-    def gpus_now() -> int:
-        return int(ray.cluster_resources().get("GPU", 0))
-
-    if gpus_now() >= needed:
-        return
-    request_resources(bundles=[{"GPU": 1, "CPU": cpus_per_worker}] * needed)
-    started, last_said = time.monotonic(), None
-    try:
-        while (have := gpus_now()) < needed:
-            waited = time.monotonic() - started
-            if waited >= timeout_s:
-                raise RunError(
-                    f"gave up after {waited:.0f} s waiting for {needed} GPU worker(s): the cluster has {have} "
-                    "GPU(s). Check the autoscaler (ray status, the GPU node type's max_workers and quota), "
-                    "raise scaling.resource_timeout_s, or use fewer --workers. Nothing was started."
-                )
-            if last_said is None or time.monotonic() - last_said >= 60:
-                say(
-                    f"waiting for {needed} GPU worker(s) (cluster has {have} GPU(s); the autoscaler may be "
-                    f"adding nodes)... {waited:.0f} s of {timeout_s:.0f} s"
-                )
-                last_said = time.monotonic()
-            time.sleep(poll_s)
-    finally:
-        request_resources(bundles=[])
-    say(f"{needed} GPU(s) available after {time.monotonic() - started:.0f} s")
-
-
-def workers_setting(cfg: Config) -> int | tuple[int, int]:
-    """Ray Train's ``num_workers``: a count, or ``(min, max)`` for an elastic run."""
-    if cfg.scaling.min_workers:
-        return (cfg.scaling.min_workers, cfg.scaling.num_workers)
-    return cfg.scaling.num_workers
+        raise RunError(f"{problem}; no run was started")
 
 
 def forget_ray_checkpoint_list(run_dir: RunDir) -> None:
@@ -386,7 +238,7 @@ def fit_stages(
     (``checkpoint.prune_checkpoints``). Ray's list then names deleted folders, which would stop a
     later ``--resume``: :func:`forget_ray_checkpoint_list`.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     from srgan_dist.train.loop import train_loop_per_worker
@@ -400,12 +252,7 @@ def fit_stages(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=workers_setting(cfg),
-            use_gpu=use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
-            placement_strategy=cfg.scaling.placement_strategy,
-        ),
+        scaling_config=scaling_config(cfg.scaling, use_gpu),
         run_config=RunConfig(
             name=run_dir.name,
             storage_path=run_dir.storage_location,
@@ -527,7 +374,7 @@ def _train_stages(
     run_log.capture_ray_logger()
     connect_ray(address, cfg.scaling.num_workers, cfg.scaling.cpus_per_worker)
     route_ray_output(run_log)
-    use_gpu = decide_gpu(cfg)
+    use_gpu = decide_gpu(cfg.scaling)
     # The run starts here: config.yaml marks the folder as holding a run (a new run with this
     # name then needs --resume), so a failure in pre-flight or while connecting must not write it.
     run_dir.config_file.write_text(to_yaml(cfg))

@@ -1,6 +1,6 @@
 """The embedded single-machine Ray: every listener on 127.0.0.1, token authentication on.
 
-Used by ``srgan_dist.driver.connect_ray`` (training without ``--address``) and by the tests'
+Used by ``srgan_dist.ray_session.connect_ray`` (training without ``--address``) and by the tests'
 ``ray_local`` fixture, so both start Ray the same way. What listens where is checked by
 tests/test_network.py and written down in README.md ("Security").
 

@@ -16,23 +16,20 @@ path or URI that every node can reach.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
 import shlex
-import socket
 import sys
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, ParamSpec, TextIO, TypeVar
 
 from srgan_dist.errors import UserError
+from srgan_dist.ray_session import ADDRESS_SOURCES, join_problem, resolve_address
 from srgan_dist.rundir import LOG_FILE, join_run_location
 from srgan_dist.storage import check_uri, is_uri
-
-DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-# How long a host:port (GCS) address may take to accept a TCP connection (see ``client``).
-GCS_CONNECT_TIMEOUT_S = 5.0
 
 # Never uploaded with the working dir (gitignore-style, relative to it). Ray also honours the
 # project's .gitignore and a .rayignore.
@@ -61,6 +58,9 @@ WORKING_DIR_EXCLUDES = (
 META_RUN_NAME = "srgan_run_name"
 META_RUN_DIR = "srgan_run_dir"
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 
 class JobError(UserError):
     """A job request or job-server answer a user has to act on."""
@@ -86,11 +86,6 @@ class JobRequest:
     """Stored with the job; holds the run name and run directory."""
     run_dir: str = ""
     """``<storage>/<name>`` of a training job; empty for a custom entrypoint."""
-
-
-def resolve_address(address: str | None) -> str:
-    """``--address`` → ``$RAY_ADDRESS`` → ``http://127.0.0.1:8265``."""
-    return address or os.environ.get("RAY_ADDRESS") or DEFAULT_ADDRESS
 
 
 def parse_workers(text: str) -> int | tuple[int, int]:
@@ -134,21 +129,23 @@ def training_entrypoint(
     config: str,
     name: str,
     storage: str,
-    workers: str | None = None,
-    resume: bool = False,
     overrides: list[str] = (),
     python: str = "python",
-    verbose: bool = False,
+    **flags: str | bool | None,
 ) -> str:
-    """The shell command of a training job: ``python launch.py --address auto ...``."""
+    """The shell command of a training job: ``python launch.py --address auto ...``.
+
+    ``flags`` are launch.py's own training flags by argparse destination
+    (``commands.train.TRAINING_FLAGS``, e.g. ``workers="1-2"``, ``resume=True``): a string goes on
+    as ``--flag value``, True as ``--flag``; None and False are left out."""
     args = [python, "launch.py", "--address", "auto", "--config", config, "--name", name]
     args += ["--storage", storage]
-    if workers is not None:
-        args += ["--workers", workers]
-    if resume:
-        args.append("--resume")
-    if verbose:
-        args.append("--verbose")
+    for dest, value in flags.items():
+        option = "--" + dest.replace("_", "-")
+        if isinstance(value, str):
+            args += [option, value]
+        elif value is True:
+            args.append(option)
     args += list(overrides)
     return shlex.join(args)
 
@@ -259,38 +256,35 @@ def build_training_job(
     config: str,
     name: str | None = None,
     storage: str | None = None,
-    workers: str | None = None,
-    resume: bool = False,
     overrides: list[str] = (),
     python: str = "python",
-    verbose: bool = False,
     options: JobOptions | None = None,
+    **flags: str | bool | None,
 ) -> JobRequest:
     """The job request that trains ``config`` on a cluster.
 
     The config (with ``overrides``) is validated here, before anything is uploaded; its
-    ``run.name`` and ``run.storage`` are the defaults for ``name`` and ``storage``.
+    ``run.name`` and ``run.storage`` are the defaults for ``name`` and ``storage``. ``flags`` are
+    the job's other launch.py training flags (``training_entrypoint``).
     """
     from srgan_dist.config import load_config
 
     options = options or JobOptions()
     # --name/--storage are checked as the job's launch.py will check them: `--name ''` is an error.
-    flags = [f"run.name={name}"] if name is not None else []
-    flags += [f"run.storage={storage}"] if storage is not None else []
-    cfg = load_config(config, [*overrides, *flags])
-    if workers is not None:
-        parse_workers(workers)
+    run_flags = [f"run.name={name}"] if name is not None else []
+    run_flags += [f"run.storage={storage}"] if storage is not None else []
+    cfg = load_config(config, [*overrides, *run_flags])
+    if flags.get("workers") is not None:
+        parse_workers(flags["workers"])
     name = cfg.run.name
     storage = check_storage(cfg.run.storage)
     entrypoint = training_entrypoint(
         config=config_path_for_job(config, options.working_dir),
         name=name,
         storage=storage,
-        workers=workers,
-        resume=resume,
         overrides=list(overrides),
         python=python,
-        verbose=verbose,
+        **flags,
     )
     return build_command_job(
         entrypoint=entrypoint, name=name, options=options, run_dir=join_run_location(storage, name)
@@ -301,142 +295,43 @@ def build_training_job(
 # Talking to a job server (Ray imported here only).
 
 
-def host_and_port(address: str) -> tuple[str, str]:
-    """``(host, port)`` of a ``host:port`` or ``ray://host:port`` Ray address, as written."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    return host, port
+def job_server_call(function: Callable[P, T]) -> Callable[P, T]:
+    """Turn the Jobs SDK's failed HTTP requests into ``JobError``: it raises them as bare
+    ``RuntimeError`` ("Request failed with status code 404: ..."), which callers could only catch
+    together with every other ``RuntimeError``."""
 
-
-def gcs_unreachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> str | None:
-    """Why a ``host:port`` (or ``ray://host:port``) Ray address refuses or ignores a TCP
-    connection for ``timeout_s``; None when it answers or is not such an address (``auto``, URLs).
-
-    Ray itself, given a GCS address where nothing listens, retries for a long time (about 40 s in
-    the Jobs SDK, with no limit in ``ray.init``) before a traceback.
-    """
-    if is_uri(address.removeprefix("ray://")) or address == "auto":
-        return None
-    host, port = host_and_port(address)
-    if not host or not port.isdigit():
-        return None  # Ray's own message for an address it cannot parse
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as error:
-        return str(error) or "timed out"
-    return None
-
-
-def gcs_refuses_token(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> str | None:
-    """Ray's own message when the GCS at a ``host:port`` address refuses this process's
-    authentication (a cluster with token auth, and no token or another one here); None when it
-    accepts it, or when no answer comes within ``timeout_s`` (not a GCS, busy): ``ray.init``
-    then says what is wrong itself.
-
-    ``ray.init`` meets a refused token as any other failed connection: it tries again once a second
-    for 20 s and then says only "Failed to connect". One GCS client, Ray's own (what ``ray.init``
-    builds first), gets the refusal in well under a second. It runs in a thread so that an address
-    that is no GCS (Ray's client then waits about 13 s) costs ``timeout_s`` at most.
-    """
-    from ray._raylet import GcsClient
-    from ray.exceptions import AuthenticationError
-
-    refusal: list[str] = []
-
-    def probe() -> None:
+    @functools.wraps(function)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            GcsClient(address=address)
-        except AuthenticationError as error:  # its advice after "Ensure ..." is a paragraph
-            refusal.append(str(error).split(". Ensure")[0].removeprefix("RPC error: "))
-        except Exception:  # not a GCS, not reachable, busy: ray.init reports those itself
-            pass
+            return function(*args, **kwargs)
+        except RuntimeError as error:
+            if type(error) is not RuntimeError:  # a subclass is not the SDK's request failure
+                raise
+            raise JobError(str(error)) from error
 
-    thread = threading.Thread(target=probe, name="gcs-auth-probe", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    return refusal[0] if refusal else None
-
-
-def loopback_dialled_as(address: str) -> str | None:
-    """The ``host:port`` that ``ray.init`` dials for ``address`` when it is not ``address`` itself:
-    on Linux Ray replaces a loopback host (127.0.0.1, localhost) with this machine's routable IP
-    (``ray._private.services.canonicalize_bootstrap_address``), unless its single-machine switch
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` was set before Ray was imported."""
-    from ray._private.services import canonicalize_bootstrap_address
-
-    try:
-        dialled = canonicalize_bootstrap_address(address)
-    except Exception:  # an address Ray cannot parse: ray.init says so itself
-        return None
-    if not dialled or host_and_port(dialled)[0] == host_and_port(address)[0]:
-        return None
-    return dialled
-
-
-TOKEN_FIX = (
-    "on a cluster with token auth export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<its token file> "
-    "(cluster/local_cluster.sh env prints both)"
-)
-
-
-def gcs_join_problem(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> tuple[str, str] | None:
-    """``(reason, fix)`` when ``ray.init(address)`` cannot join the Ray that answers at a
-    ``host:port`` (check ``gcs_unreachable`` first), None when nothing stands in the way:
-    - Ray would dial this machine's IP instead of the loopback address given, where a cluster that
-      listens on loopback only (cluster/local_cluster.sh) does not answer: ``ray.init`` would
-      retry for minutes;
-    - the GCS refuses this process's authentication token (``gcs_refuses_token``).
-    Only for a GCS ``host:port``: ``auto`` is found on this node, ``ray://`` is a Ray Client server."""
-    if address == "auto" or address.startswith("ray://") or is_uri(address):
-        return None
-    dialled = loopback_dialled_as(address)
-    if dialled and gcs_unreachable(dialled, timeout_s):
-        return (
-            f"Ray would dial {dialled} for {address} (on Linux it replaces a loopback host with this "
-            "machine's IP) and nothing answers there: the cluster listens on loopback only",
-            "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray's single-machine switch; "
-            "cluster/local_cluster.sh env prints it), or give an address the cluster listens on",
-        )
-    refusal = gcs_refuses_token(dialled or address, timeout_s)
-    if refusal:
-        return f"the Ray cluster at {address} refused this process's authentication ({refusal})", TOKEN_FIX
-    return None
-
-
-def check_gcs_reachable(address: str, timeout_s: float = GCS_CONNECT_TIMEOUT_S) -> None:
-    """Raise ``JobError`` in one line if ``address`` is a ``host:port`` nothing answers at, or
-    one that Ray cannot join from this process (``gcs_join_problem``)."""
-    problem = gcs_unreachable(address, timeout_s)
-    if problem:
-        raise JobError(
-            f"no Ray cluster answers at {address} ({problem}); give the job server "
-            f"URL instead, e.g. --address {DEFAULT_ADDRESS} (or export RAY_ADDRESS=...)"
-        )
-    join_problem = gcs_join_problem(address, timeout_s)
-    if join_problem:
-        raise JobError("; ".join(join_problem))
-
-
-# Environment variables the Jobs SDK reads an address from (ray/dashboard/utils.py).
-ENV_ADDRESSES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+    return call
 
 
 def client(address: str | None):
-    """A ``JobSubmissionClient`` for ``address`` (see ``resolve_address``)."""
+    """A ``JobSubmissionClient`` for ``address``, else the one the environment names
+    (``ray_session.resolve_address(..., "jobs")``). A ``host:port`` address must be joinable
+    (``ray_session.join_problem``): Ray alone retries one for about 40 s."""
     from ray.job_submission import JobSubmissionClient
 
-    if address is None:  # the SDK's own order: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, the default
-        check_gcs_reachable(os.environ.get("RAY_API_SERVER_ADDRESS") or resolve_address(None))
-        return JobSubmissionClient(resolve_address(None))
-    # An explicit --address wins: the SDK would let either variable override it, so they are
-    # hidden while it builds the client (it reads them only there).
-    check_gcs_reachable(address)
-    saved = {name: os.environ.pop(name) for name in ENV_ADDRESSES if name in os.environ}
+    resolved = resolve_address(address, "jobs").value
+    problem = join_problem(resolved)
+    if problem:
+        raise JobError(str(problem))
+    # The address is resolved here: the SDK would let either variable override it again, so they
+    # are hidden while it builds the client (it reads them only there).
+    saved = {name: os.environ.pop(name) for name in ADDRESS_SOURCES["jobs"][0] if name in os.environ}
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(resolved)
     finally:
         os.environ.update(saved)
 
 
+@job_server_call
 def submit(request: JobRequest, address: str | None = None) -> str:
     """Submit ``request``; returns the submission id."""
     return client(address).submit_job(
@@ -449,16 +344,19 @@ def submit(request: JobRequest, address: str | None = None) -> str:
     )
 
 
+@job_server_call
 def job_info(job_id: str, address: str | None = None):
     """The job server's ``JobDetails`` (status, message, entrypoint, metadata, times)."""
     return client(address).get_job_info(job_id)
 
 
+@job_server_call
 def job_logs(job_id: str, address: str | None = None) -> str:
     """All logs of the job so far."""
     return client(address).get_job_logs(job_id)
 
 
+@job_server_call
 def follow_logs(job_id: str, address: str | None = None, out: TextIO = sys.stdout) -> str:
     """Stream the job's logs to ``out`` until the job ends; returns its final status."""
     import asyncio
@@ -481,6 +379,7 @@ def follow_logs(job_id: str, address: str | None = None, out: TextIO = sys.stdou
     return str(status)
 
 
+@job_server_call
 def wait_for_status(job_id: str, address: str | None = None, timeout_s: float = 600) -> str:
     """Poll until the job is STOPPED, SUCCEEDED or FAILED (or ``timeout_s`` passes)."""
     import time
@@ -494,6 +393,7 @@ def wait_for_status(job_id: str, address: str | None = None, timeout_s: float = 
     return str(status)
 
 
+@job_server_call
 def stop(job_id: str, address: str | None = None) -> bool:
     """Ask the job server to stop the job (SIGTERM, then SIGKILL); True if it was running."""
     return client(address).stop_job(job_id)

@@ -20,9 +20,10 @@ FLOORS: dict[str, int] = {
     # 2: training one stage on one worker, without Ray
     "train.steps": 2, "train.ema": 2, "train.validation": 2, "train.checkpoint": 2, "train.window": 2,
     "train.faults": 2, "train.trainer": 2, "train": 2,
-    # 3: the distributed seam: Ray Train's worker entry, the staged driver, the Jobs client, the
+    # 3: the distributed seam: Ray Train's worker entry, the Ray session (address, joining, GPU or
+    # CPU, workers), the staged driver, the Jobs client, the
     # cluster pre-flight checks
-    "train.loop": 3, "driver": 3, "jobs": 3, "embedded_ray": 3, "doctor": 3,
+    "train.loop": 3, "ray_session": 3, "driver": 3, "jobs": 3, "embedded_ray": 3, "doctor": 3,
     # 4: entry points
     "cli": 4, "commands": 4, "commands.": 4,
     # the package itself: its version only
@@ -34,6 +35,7 @@ OWNERS = {
     "ray": (
         "train.loop",
         "train.faults",
+        "ray_session",
         "driver",
         "jobs",
         "embedded_ray",
@@ -103,3 +105,33 @@ def test_the_checker_sees_a_real_upward_import():
         target.startswith("srgan_dist.train.trainer") for target in MODULES["train.loop"]
     )
     assert floor("train.loop") > floor("train.trainer") > floor("data.scan") > floor("config")
+
+
+def test_only_the_ray_session_resolves_addresses_probes_clusters_and_sizes_worker_groups():
+    """The Ray address, the join checks and Ray Train's ``ScalingConfig`` have one home,
+    ``ray_session.py``, which the driver, the job client and the doctor call."""
+    session_only_imports = (
+        "ray.train.ScalingConfig",  # the worker group's size and resources
+        "ray._raylet.GcsClient",  # the token probe
+        "ray._private.services.canonicalize_bootstrap_address",  # the loopback probe
+        "ray.autoscaler.sdk.request_resources",  # the GPU wait
+    )
+    session_only_constants = {"RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"}  # which address, from where
+    strays = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = module_name(path)
+        if name == "ray_session":
+            continue
+        strays += [
+            f"srgan_dist.{name} imports {target}"
+            for target in session_only_imports
+            if target in MODULES[name]
+        ]
+        constants = {
+            node.value for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Constant)
+        }
+        strays += [
+            f"srgan_dist.{name} names {value!r}" for value in sorted(session_only_constants & constants)
+        ]
+    assert not strays, "\n".join(strays)
+    assert "ray.train.ScalingConfig" in MODULES["ray_session"]  # the checker sees the real import

@@ -200,3 +200,23 @@ def test_worker_fit_fails_on_cpus_and_only_warns_for_gpus_an_autoscaler_may_add(
     assert gpu.check_workers(nodes) is True  # the all-reduce's GPU request reaches the autoscaler
     assert [line.status for line in cpu.lines + gpu.lines] == ["FAIL", "WARN"]
     assert "room for 2" in cpu.lines[0].reason and "room for 0" in gpu.lines[0].reason
+
+
+def test_an_elastic_worker_range_needs_room_for_its_minimum_and_is_checked_elastic(monkeypatch):
+    """``--workers MIN-MAX``: the run starts once MIN fit, and the all-reduce runs elastic too."""
+    import ray
+
+    from srgan_dist.config import load_config
+    from srgan_dist.doctor import Doctor, Node
+    from srgan_dist.ray_session import scaling_config
+
+    nodes = [Node(node_id=f"{i}" * 16, ip="10.0.0.1", cpus=1, gpus=0, is_head=i == 0) for i in range(2)]
+    out = io.StringIO()
+    cfg = load_config(None, ["scaling.num_workers=3", "scaling.min_workers=2", "scaling.accelerator=cpu"])
+    doctor = Doctor(cfg, "/tmp", out=out)
+    monkeypatch.setattr(ray, "available_resources", lambda: {"CPU": 2.0})
+    assert doctor.check_workers(nodes) is True  # 2 slots: room for the minimum
+    assert "scaling.min_workers=2..scaling.num_workers=3 (elastic)" in out.getvalue()
+    assert scaling_config(cfg.scaling, doctor.use_gpu).num_workers == (2, 3)
+    cfg = load_config(None, ["scaling.num_workers=3", "scaling.min_workers=3", "scaling.accelerator=cpu"])
+    assert Doctor(cfg, "/tmp", out=out).check_workers(nodes) is False

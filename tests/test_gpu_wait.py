@@ -14,7 +14,7 @@ import pytest
 from conftest import start_embedded_ray
 
 from srgan_dist.config import load_config
-from srgan_dist.driver import RunError, decide_gpu
+from srgan_dist.ray_session import ClusterError, decide_gpu
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +44,8 @@ def gpu_config(*overrides: str):
 
 def test_gpu_run_without_gpus_gives_up_after_the_timeout(cluster, capsys):
     started = time.monotonic()
-    with pytest.raises(RunError, match=r"waiting for 1 GPU worker\(s\): the cluster has 0 GPU") as error:
-        decide_gpu(gpu_config("scaling.resource_timeout_s=1"))
+    with pytest.raises(ClusterError, match=r"waiting for 1 GPU worker\(s\): the cluster has 0 GPU") as error:
+        decide_gpu(gpu_config("scaling.resource_timeout_s=1").scaling)
     assert "Nothing was started" in str(error.value)
     assert time.monotonic() - started < 60
     out = capsys.readouterr().out
@@ -58,7 +58,9 @@ def test_gpu_run_waits_for_a_gpu_node_that_joins_later(cluster, capsys):
 
     outcome: dict = {}
     waiter = threading.Thread(
-        target=lambda: outcome.update(use_gpu=decide_gpu(gpu_config("scaling.resource_timeout_s=120")))
+        target=lambda: outcome.update(
+            use_gpu=decide_gpu(gpu_config("scaling.resource_timeout_s=120").scaling)
+        )
     )
     waiter.start()
     out, deadline = "", time.monotonic() + 60
@@ -77,7 +79,7 @@ def test_gpu_run_waits_for_a_gpu_node_that_joins_later(cluster, capsys):
 
 def test_auto_says_why_it_picked(cluster, capsys):
     # The GPU node of the previous test is there now: auto takes it, and says so.
-    assert decide_gpu(load_config(None, ["scaling.accelerator=auto"])) is True
+    assert decide_gpu(load_config(None, ["scaling.accelerator=auto"]).scaling) is True
     assert "auto: the cluster has 1 GPU(s)" in capsys.readouterr().out
-    assert decide_gpu(load_config(None, ["scaling.accelerator=cpu"])) is False
+    assert decide_gpu(load_config(None, ["scaling.accelerator=cpu"]).scaling) is False
     assert "scaling.accelerator=cpu" in capsys.readouterr().out

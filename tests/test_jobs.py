@@ -138,7 +138,7 @@ def test_an_explicit_address_beats_ray_address_in_the_environment(monkeypatch):
             used.append(get_address_for_submission_client(address))
 
     monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", RecordingClient)
-    monkeypatch.setattr(jobs, "check_gcs_reachable", lambda address: None)
+    monkeypatch.setattr(jobs, "join_problem", lambda address: None)
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
     monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:2")
     jobs.client("http://127.0.0.1:8999")
@@ -146,3 +146,67 @@ def test_an_explicit_address_beats_ray_address_in_the_environment(monkeypatch):
     assert os.environ["RAY_ADDRESS"] == "http://127.0.0.1:1"  # put back afterwards
     jobs.client(None)  # no --address: the environment decides, as Ray documents
     assert used[-1] == "http://127.0.0.1:2"
+
+
+def test_submit_takes_the_job_server_address_from_the_environment_as_status_does(monkeypatch, capsys):
+    """``submit``, ``status``, ``logs`` and ``stop`` resolve the address in the Jobs SDK's order:
+    ``--address``, ``$RAY_API_SERVER_ADDRESS``, ``$RAY_ADDRESS``, the default."""
+    from srgan_dist.cli import main
+
+    asked = []
+    monkeypatch.setattr(jobs, "submit", lambda request, address: asked.append(address) or "job-1")
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:1")
+    monkeypatch.setenv("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:2")
+    argv = ["submit", "--entrypoint", "true", "--name", "n", "--working-dir", str(ROOT)]
+    assert main(argv) == 0
+    assert asked == ["http://127.0.0.1:2"]
+    assert "Submitted job job-1 to http://127.0.0.1:2" in capsys.readouterr().out
+    assert main([*argv, "--address", "http://127.0.0.1:3"]) == 0
+    assert asked[-1] == "http://127.0.0.1:3"
+
+
+def test_a_failed_job_server_request_is_a_job_error_and_other_runtime_errors_are_not(monkeypatch, capsys):
+    """The Jobs SDK raises a failed HTTP request as a bare ``RuntimeError``: the job client makes
+    it a ``JobError``, which ``status`` prints in one line; any other error is not hidden."""
+    from srgan_dist.cli import main
+
+    class Client:
+        def __init__(self, error: Exception):
+            self.error = error
+
+        def get_job_info(self, job_id):
+            raise self.error
+
+    monkeypatch.setattr(
+        jobs, "client", lambda address: Client(RuntimeError("Request failed with status code 404"))
+    )
+    with pytest.raises(jobs.JobError, match="status code 404"):
+        jobs.job_info("nope")
+    assert main(["status", "nope"]) == 1
+    assert capsys.readouterr().err.strip() == "srgan-dist status: Request failed with status code 404"
+
+    monkeypatch.setattr(jobs, "client", lambda address: Client(NotImplementedError("a bug")))
+    with pytest.raises(NotImplementedError):  # a RuntimeError subclass: not the SDK's request failure
+        main(["status", "nope"])
+
+
+def test_every_training_flag_of_submit_reaches_the_jobs_launch_py_unchanged(monkeypatch, tmp_path):
+    """``submit`` and ``train`` share ``TRAINING_FLAGS``: what submit is given, the job's
+    ``launch.py`` parses back to the same values."""
+    import argparse
+
+    from srgan_dist.cli import main
+    from srgan_dist.commands.train import add_arguments, training_flag_values
+
+    submitted = []
+    monkeypatch.setattr(jobs, "submit", lambda request, address: submitted.append(request) or "job-1")
+    given = ["--name", "n", "--storage", str(tmp_path), "--workers", "1-2", "--resume", "-v"]
+    argv = ["submit", "--config", str(ROOT / "configs" / "demo.yaml"), "--working-dir", str(ROOT), *given]
+    assert main([*argv, "srresnet.iterations=4"]) == 0
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    job_args = parser.parse_args(shlex.split(submitted[0].entrypoint)[2:])
+    assert training_flag_values(job_args) == {
+        "name": "n", "storage": str(tmp_path), "workers": "1-2", "resume": True, "verbose": True,
+    }  # fmt: skip
+    assert (job_args.address, job_args.overrides) == ("auto", ["srresnet.iterations=4"])

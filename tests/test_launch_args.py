@@ -9,7 +9,7 @@ import pytest
 
 from srgan_dist.commands.train import add_arguments, config_from_args
 from srgan_dist.config import ConfigError
-from srgan_dist.driver import workers_setting
+from srgan_dist.ray_session import workers_setting
 
 DEMO = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
 
@@ -24,13 +24,13 @@ def test_flags_are_shorthands_for_config_keys():
     cfg = _config("--name", "x4-run", "--storage", "/shared/runs", "--workers", "3", "srresnet.iterations=7")
     assert (cfg.run.name, cfg.run.storage, cfg.srresnet.iterations) == ("x4-run", "/shared/runs", 7)
     assert (cfg.scaling.num_workers, cfg.scaling.min_workers) == (3, 0)
-    assert workers_setting(cfg) == 3
+    assert workers_setting(cfg.scaling) == 3
 
 
 def test_workers_range_makes_an_elastic_run():
     cfg = _config("--workers", "1-2")
     assert (cfg.scaling.min_workers, cfg.scaling.num_workers) == (1, 2)
-    assert workers_setting(cfg) == (1, 2)
+    assert workers_setting(cfg.scaling) == (1, 2)
 
 
 @pytest.mark.parametrize("text", ["two", "2-", "-2", "1-2-3", "3-1"])

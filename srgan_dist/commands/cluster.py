@@ -5,8 +5,10 @@
     srgan-dist logs demo-20260101-120000 --follow
     srgan-dist stop demo-20260101-120000
 
-The job server address comes from ``--address``, else ``$RAY_ADDRESS``, else
-http://127.0.0.1:8265 (an SSH tunnel or ``kubectl port-forward`` to the head's dashboard port).
+The job server address comes from ``--address``, else ``$RAY_API_SERVER_ADDRESS``, else
+``$RAY_ADDRESS``, else http://127.0.0.1:8265 (an SSH tunnel or ``kubectl port-forward`` to the
+head's dashboard port): the Jobs SDK's own order, for every one of these commands
+(``srgan_dist/ray_session.py``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import json
 import shlex
 import sys
 
+from srgan_dist.commands import train
 from srgan_dist.errors import UserError
 from srgan_dist.rundir import TENSORBOARD_DIR
 from srgan_dist.storage import is_uri
 
-ADDRESS_HELP = "job server URL (default: $RAY_ADDRESS, else http://127.0.0.1:8265)"
+ADDRESS_HELP = (
+    "job server URL (default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS, else http://127.0.0.1:8265)"
+)
 
 
 def register(subparsers) -> None:
@@ -35,23 +40,14 @@ def register(subparsers) -> None:
     )
     submit.add_argument("--address", default=None, help=ADDRESS_HELP)
     submit.add_argument("--config", help="config YAML (inside --working-dir, or an absolute path)")
-    submit.add_argument("--name", help="run name (default: run.name of the config)")
-    submit.add_argument(
-        "--storage",
-        help="storage root every node can reach: absolute (NFS) path or URI such as s3://bucket/runs "
-        "(default: run.storage of the config, which must then be absolute)",
+    train.add_training_flags(
+        submit,
+        helps={
+            "storage": "storage root every node can reach: absolute (NFS) path or URI such as "
+            "s3://bucket/runs (default: run.storage of the config, which must then be absolute)",
+        },
     )
-    submit.add_argument(
-        "--workers", help="N workers, or MIN-MAX for an elastic run (default: scaling.num_workers)"
-    )
-    submit.add_argument("--resume", action="store_true", help="continue the run of the same --name")
     submit.add_argument("--wait", action="store_true", help="follow the logs; exit 1 unless it succeeds")
-    submit.add_argument(
-        "--verbose",
-        "-v",
-        action="store_true",
-        help="the job prints Ray's logs and every worker's output too (always in <run dir>/train.log)",
-    )
     submit.add_argument("--working-dir", default=".", help="project folder to upload (default .)")
     submit.add_argument(
         "--runtime-env", metavar="FILE", help="runtime env YAML to start from (e.g. cluster/runtime_env.yaml)"
@@ -89,9 +85,7 @@ def register(subparsers) -> None:
         "--entrypoint",
         help="advanced: run this shell command instead of launch.py (smoke tests, custom scripts)",
     )
-    submit.add_argument(
-        "overrides", nargs="*", metavar="key.path=value", help="config overrides (anywhere on the line)"
-    )
+    train.add_overrides(submit)
     submit.set_defaults(func=_job_server_errors(run_submit))
 
     status = subparsers.add_parser(
@@ -123,14 +117,20 @@ def _job_server_errors(command):
         try:
             return command(args)
         except Exception as error:
-            from ray.exceptions import AuthenticationError  # Ray is loaded by now if it matters
-
-            if not isinstance(error, (AuthenticationError, ConnectionError, RuntimeError, UserError)):
+            if not isinstance(error, _job_server_error_types()):
                 raise
             print(f"srgan-dist {args.command}: {error}", file=sys.stderr)
             return 1
 
     return run
+
+
+def _job_server_error_types() -> tuple[type[Exception], ...]:
+    """What a job command reports in one line: ``UserError`` (``jobs.JobError`` included: the job
+    client turns the Jobs SDK's failed requests into one), a refused connection, a refused token."""
+    from ray.exceptions import AuthenticationError  # Ray is loaded by now if it matters
+
+    return (UserError, ConnectionError, AuthenticationError)
 
 
 def _env_vars(pairs: list[str]) -> dict[str, str]:
@@ -147,8 +147,9 @@ def _env_vars(pairs: list[str]) -> dict[str, str]:
 
 def run_submit(args: argparse.Namespace) -> int:
     from srgan_dist import jobs
+    from srgan_dist.ray_session import resolve_address
 
-    address = jobs.resolve_address(args.address)
+    address = resolve_address(args.address, "jobs").value
     options = jobs.JobOptions(
         working_dir=args.working_dir,
         runtime_env_base=jobs.load_runtime_env_file(args.runtime_env) if args.runtime_env else None,
@@ -169,14 +170,10 @@ def run_submit(args: argparse.Namespace) -> int:
                 return 2
             request = jobs.build_training_job(
                 config=args.config,
-                name=args.name,
-                storage=args.storage,
-                workers=args.workers,
-                resume=args.resume,
                 overrides=args.overrides,
                 python=args.python,
-                verbose=args.verbose,
                 options=options,
+                **train.training_flag_values(args),
             )
     except UserError as error:
         print(f"srgan-dist submit: {error}", file=sys.stderr)

@@ -12,12 +12,11 @@ when any check FAILs.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
 
-from srgan_dist.commands.train import config_from_args
+from srgan_dist.commands.train import add_overrides, config_from_args
 
 DEFAULT_TIMEOUT_S = 90.0
 
@@ -48,16 +47,15 @@ def register(subparsers) -> None:
         metavar="S",
         help=f"seconds each check may take before it FAILs (default {DEFAULT_TIMEOUT_S:g})",
     )
-    doctor.add_argument(
-        "overrides", nargs="*", metavar="key.path=value", help="config overrides (anywhere on the line)"
-    )
+    add_overrides(doctor)
     doctor.set_defaults(func=run, name=None)
 
 
 def run(args: argparse.Namespace) -> int:
     from srgan_dist.config import ConfigError, resolve_paths
+    from srgan_dist.ray_session import join_cluster, resolve_address
 
-    address = args.address or os.environ.get("RAY_ADDRESS") or "auto"
+    address = resolve_address(args.address, "doctor").value
     try:
         cfg = resolve_paths(config_from_args(args))
     except ConfigError as error:
@@ -65,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if address.startswith(("http://", "https://")):
         return run_as_job(args, address)
-    if not connect(address):
+    problem = join_cluster(address)
+    if problem:
+        print(f"FAIL connect cluster {problem.reason} fix: {problem.fix}", flush=True)
         return 1
 
     from srgan_dist.doctor import Doctor
@@ -79,30 +79,6 @@ def run(args: argparse.Namespace) -> int:
         flush=True,
     )
     return 1 if counts["FAIL"] else 0
-
-
-def connect(address: str) -> bool:
-    """Join the cluster as a driver; on failure print a FAIL line and return False."""
-    import ray
-    from ray.exceptions import AuthenticationError
-
-    from srgan_dist.jobs import TOKEN_FIX, gcs_join_problem, gcs_unreachable
-
-    fix = f"pass --address HOST:PORT of the head's GCS (or auto on a cluster node); {TOKEN_FIX}"
-    problem = gcs_unreachable(address)
-    if problem:
-        print(f"FAIL connect cluster no Ray answers at {address} ({problem}) fix: {fix}", flush=True)
-        return False
-    join_problem = gcs_join_problem(address)
-    if join_problem:
-        print(f"FAIL connect cluster {join_problem[0]} fix: {join_problem[1]}", flush=True)
-        return False
-    try:
-        ray.init(address=address, log_to_driver=False)
-    except (ConnectionError, AuthenticationError) as error:
-        print(f"FAIL connect cluster cannot join Ray at {address}: {error} fix: {fix}", flush=True)
-        return False
-    return True
 
 
 def run_as_job(args: argparse.Namespace, address: str) -> int:

@@ -9,44 +9,87 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainingFlag:
+    """A flag of ``launch.py`` that ``submit`` takes too and passes on to the job's ``launch.py``."""
+
+    names: tuple[str, ...]
+    help: str
+    metavar: str | None = None
+    switch: bool = False
+    """An on/off flag (``store_true``) rather than one that takes a value."""
+
+    @property
+    def dest(self) -> str:
+        """The argparse destination, also the keyword ``jobs.build_training_job`` takes it by."""
+        return self.names[0].removeprefix("--").replace("-", "_")
+
+
+# The training flags of `train` (launch.py) and `submit`: one definition for both parsers and for
+# the job's command line (``training_flag_values`` -> ``jobs.build_training_job``).
+TRAINING_FLAGS = (
+    TrainingFlag(("--name",), "run name (run.name, default: the config's): the folder <storage>/<name>/"),
+    TrainingFlag(
+        ("--storage",),
+        "storage root (run.storage): local or shared path, or s3://bucket/prefix or gs://bucket/prefix "
+        "(credentials from the environment)",
+    ),
+    TrainingFlag(
+        ("--workers",),
+        "Ray Train workers (scaling.num_workers); MIN-MAX for an elastic run that starts with MIN "
+        "and grows to MAX (scaling.min_workers)",
+        metavar="N|MIN-MAX",
+    ),
+    TrainingFlag(
+        ("--resume",),
+        "continue the run of this name: finished stages are skipped, the unfinished one resumes "
+        "from its latest checkpoint (a new run is started if none exists)",
+        switch=True,
+    ),
+    TrainingFlag(
+        ("--verbose", "-v"),
+        "print Ray's logs and every worker's full output too (they always go to <run>/train.log)",
+        switch=True,
+    ),
+)
+
+
+def add_training_flags(parser: argparse.ArgumentParser, helps: dict[str, str] | None = None) -> None:
+    """Add ``TRAINING_FLAGS`` to ``parser``; ``helps`` replaces the help of a flag by its ``dest``."""
+    for flag in TRAINING_FLAGS:
+        text = (helps or {}).get(flag.dest, flag.help)
+        if flag.switch:
+            parser.add_argument(*flag.names, action="store_true", help=text)
+        else:
+            parser.add_argument(*flag.names, metavar=flag.metavar, help=text)
+
+
+def training_flag_values(args: argparse.Namespace) -> dict[str, str | bool | None]:
+    """The ``TRAINING_FLAGS`` values of parsed ``args``, by ``dest``."""
+    return {flag.dest: getattr(args, flag.dest) for flag in TRAINING_FLAGS}
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """The ``key.path=value`` config overrides (see ``commands.parse_with_overrides``)."""
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key.path=value", help="config overrides (anywhere on the line)"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/demo.yaml")
-    parser.add_argument("--name", help="run name (run.name): the folder <storage>/<name>/")
-    parser.add_argument(
-        "--storage",
-        help="storage root (run.storage): local or shared path, or s3://bucket/prefix or gs://bucket/prefix "
-        "(credentials from the environment)",
-    )
-    parser.add_argument(
-        "--workers",
-        metavar="N|MIN-MAX",
-        help="Ray Train workers (scaling.num_workers); MIN-MAX for an elastic run that starts with MIN "
-        "and grows to MAX (scaling.min_workers)",
-    )
+    add_training_flags(parser)
     parser.add_argument(
         "--address",
         help="Ray cluster to join ('auto' inside a cluster job); default: $RAY_ADDRESS, else an embedded local Ray",
     )
     parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run of this name: finished stages are skipped, the unfinished one resumes "
-        "from its latest checkpoint (a new run is started if none exists)",
-    )
-    parser.add_argument(
         "--tensorboard", action="store_true", help="also serve the run's TensorBoard on 127.0.0.1:6006"
     )
-    parser.add_argument(
-        "--verbose",
-        "-v",
-        action="store_true",
-        help="print Ray's logs and every worker's full output too (they always go to <run>/train.log)",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="key.path=value", help="config overrides (anywhere on the line)"
-    )
+    add_overrides(parser)
 
 
 def workers_overrides(text: str) -> list[str]:
