@@ -210,3 +210,22 @@ def test_every_training_flag_of_submit_reaches_the_jobs_launch_py_unchanged(monk
         "name": "n", "storage": str(tmp_path), "workers": "1-2", "resume": True, "verbose": True,
     }  # fmt: skip
     assert (job_args.address, job_args.overrides) == ("auto", ["srresnet.iterations=4"])
+
+
+def test_the_upload_keeps_every_file_of_the_package_and_drops_local_data_and_runs():
+    """The job imports srgan_dist from the uploaded working dir: an exclude that matched
+    ``srgan_dist/data/`` (as an unanchored ``data`` did) breaks every job on a cluster whose
+    image has the package installed."""
+    import yaml
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    for excludes in (
+        list(jobs.WORKING_DIR_EXCLUDES),
+        yaml.safe_load((ROOT / "cluster" / "runtime_env.yaml").read_text())["excludes"],
+    ):
+        excluded = _get_excludes(ROOT, excludes)
+        package = [path for path in (ROOT / "srgan_dist").rglob("*.py") if "__pycache__" not in path.parts]
+        assert package and not [path for path in package if excluded(path)]
+        assert not excluded(ROOT / "launch.py") and not excluded(ROOT / "configs" / "demo.yaml")
+        for local in ("data/sample/train/a.png", "runs/demo/config.yaml"):
+            assert excluded(ROOT / local), local
