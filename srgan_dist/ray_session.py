@@ -8,7 +8,8 @@ workers. The training driver, the job client and the doctor all ask here.
   within seconds and said in one wording (``AddressProblem``); callers wrap it in their own error.
 - **GPU or CPU, and the workers** (``use_gpu``, ``workers_setting``, ``scaling_config``): one
   rule and one Ray Train ``ScalingConfig`` for the training run and the doctor's all-reduce.
-- **Joining** (``connect_ray``, ``join_cluster``) and the GPU wait (``wait_for_gpus``).
+- **Joining** (``connect_ray``, ``join_cluster``), the wait for the workers' resources
+  (``wait_for_workers``) and the embedded Ray's capacity (``embedded_capacity_problem``).
 
 The embedded single-machine Ray itself (every listener on 127.0.0.1) is ``embedded_ray.py``: the
 tests start theirs with it too. Ray is imported inside functions only.
@@ -332,61 +333,87 @@ def scaling_config(scaling: ScalingConfig, gpu: bool):
 
 
 def decide_gpu(scaling: ScalingConfig) -> bool:
-    """GPU or CPU workers, said in one line with the reason; with ``gpu``, wait for the GPUs."""
+    """GPU or CPU workers, said in one line with the reason; then wait until the cluster can hold
+    them (``wait_for_workers``)."""
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
     accelerator = scaling.accelerator
     count = workers_text(scaling)
-    if use_gpu(scaling, gpus):
+    gpu = use_gpu(scaling, gpus)
+    if gpu:
         why = "scaling.accelerator=gpu" if accelerator == "gpu" else f"auto: the cluster has {gpus} GPU(s)"
         say(f"Training on GPUs: {count} worker(s), 1 GPU each (NCCL) - {why}")
-        wait_for_gpus(fewest_workers(scaling), scaling.cpus_per_worker, scaling.resource_timeout_s)
-        return True
-    why = (
-        "scaling.accelerator=cpu"
-        if accelerator == "cpu"
-        else "auto: no GPUs in the Ray cluster now (on an autoscaling cluster whose GPU nodes "
-        "start at 0, set scaling.accelerator=gpu)"
-    )
-    say(f"Training on CPUs: {count} worker(s), {scaling.cpus_per_worker:g} CPU each (gloo) - {why}")
-    return False
+    else:
+        why = (
+            "scaling.accelerator=cpu"
+            if accelerator == "cpu"
+            else "auto: no GPUs in the Ray cluster now (on an autoscaling cluster whose GPU nodes "
+            "start at 0, set scaling.accelerator=gpu)"
+        )
+        say(f"Training on CPUs: {count} worker(s), {scaling.cpus_per_worker:g} CPU each (gloo) - {why}")
+    wait_for_workers(fewest_workers(scaling), gpu, scaling.cpus_per_worker, scaling.resource_timeout_s)
+    return gpu
 
 
-def wait_for_gpus(needed: int, cpus_per_worker: float, timeout_s: float, poll_s: float = 2.0) -> None:
-    """Ask the autoscaler for ``needed`` GPU workers and wait until the cluster has that many GPUs.
+def wait_for_workers(
+    needed: int, gpu: bool, cpus_per_worker: float, timeout_s: float, poll_s: float = 2.0
+) -> None:
+    """Ask the autoscaler for ``needed`` workers and wait until the cluster has the GPUs (one per
+    worker) and CPUs they take.
 
     ``request_resources`` is how Ray's autoscaler learns about demand before any task asks; the
-    request is withdrawn once the GPUs are there (Ray Train's own placement group then holds them).
-    Prints a waiting line every minute; raises ``ClusterError`` after ``timeout_s``, before
+    request is withdrawn once the resources are there (Ray Train's own placement group then holds
+    them). Prints a waiting line every minute; raises ``ClusterError`` after ``timeout_s``, before
     anything is started, so nothing is lost.
     """
     import ray
     from ray.autoscaler.sdk import request_resources
 
-    def gpus_now() -> int:
-        return int(ray.cluster_resources().get("GPU", 0))
+    kind = "GPU" if gpu else "CPU"
+    per_worker = 1.0 if gpu else cpus_per_worker
 
-    if gpus_now() >= needed:
+    def have_now() -> float:
+        return ray.cluster_resources().get(kind, 0)
+
+    def enough(have: float) -> bool:
+        return have + 1e-9 >= needed * per_worker
+
+    if enough(have_now()):
         return
-    request_resources(bundles=[{"GPU": 1, "CPU": cpus_per_worker}] * needed)
+    request_resources(bundles=[{"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}] * needed)
     started, last_said = time.monotonic(), None
     try:
-        while (have := gpus_now()) < needed:
+        while not enough(have := have_now()):
             waited = time.monotonic() - started
             if waited >= timeout_s:
                 raise ClusterError(
-                    f"gave up after {waited:.0f} s waiting for {needed} GPU worker(s): the cluster has {have} "
-                    "GPU(s). Check the autoscaler (ray status, the GPU node type's max_workers and quota), "
-                    "raise scaling.resource_timeout_s, or use fewer --workers. Nothing was started."
+                    f"gave up after {waited:.0f} s waiting for {needed} {kind} worker(s): the cluster has "
+                    f"{have:g} {kind}(s), they need {needed * per_worker:g}. Check the autoscaler (ray status, "
+                    "the node type's max_workers and quota), raise scaling.resource_timeout_s, or use fewer "
+                    "--workers. Nothing was started."
                 )
             if last_said is None or time.monotonic() - last_said >= 60:
                 say(
-                    f"waiting for {needed} GPU worker(s) (cluster has {have} GPU(s); the autoscaler may be "
-                    f"adding nodes)... {waited:.0f} s of {timeout_s:.0f} s"
+                    f"waiting for {needed} {kind} worker(s) (cluster has {have:g} {kind}(s); the autoscaler may "
+                    f"be adding nodes)... {waited:.0f} s of {timeout_s:.0f} s"
                 )
                 last_said = time.monotonic()
             time.sleep(poll_s)
     finally:
         request_resources(bundles=[])
-    say(f"{needed} GPU(s) available after {time.monotonic() - started:.0f} s")
+    say(f"{needed * per_worker:g} {kind}(s) available after {time.monotonic() - started:.0f} s")
+
+
+def embedded_capacity_problem(scaling: ScalingConfig) -> str | None:
+    """Pre-flight for a run on the embedded local Ray: every worker is a process on this machine,
+    so a worker count beyond its cores would start them all anyway and thrash (1,000 workers took
+    Ray's out-of-memory killer to stop)."""
+    cores = os.cpu_count() or 1
+    if scaling.num_workers <= cores:
+        return None
+    return (
+        f"scaling.num_workers={scaling.num_workers}: the embedded local Ray runs every worker on this "
+        f"machine, which has {cores} CPU core(s); use --workers {cores} or fewer, or join a cluster "
+        "with --address"
+    )

@@ -68,7 +68,7 @@ def test_gpu_run_waits_for_a_gpu_node_that_joins_later(cluster, capsys):
         out += capsys.readouterr().out
         time.sleep(0.1)
     assert "waiting for 1 GPU worker(s) (cluster has 0 GPU(s)" in out
-    waiter.join(timeout=2.5)  # longer than one of wait_for_gpus's 2 s polls
+    waiter.join(timeout=2.5)  # longer than one of wait_for_workers's 2 s polls
     assert waiter.is_alive()  # still waiting: no GPU yet
     cluster.add_node(num_cpus=1, num_gpus=1)  # Ray starts nodes from the main thread only
     waiter.join(timeout=100)
@@ -83,3 +83,15 @@ def test_auto_says_why_it_picked(cluster, capsys):
     assert "auto: the cluster has 1 GPU(s)" in capsys.readouterr().out
     assert decide_gpu(load_config(None, ["scaling.accelerator=cpu"]).scaling) is False
     assert "scaling.accelerator=cpu" in capsys.readouterr().out
+
+
+def test_cpu_workers_beyond_the_cluster_wait_and_give_up_with_the_count(cluster, capsys):
+    import ray
+
+    have = ray.cluster_resources()["CPU"]
+    overrides = ["scaling.accelerator=cpu", "scaling.num_workers=50", "scaling.resource_timeout_s=1"]
+    with pytest.raises(
+        ClusterError, match=rf"50 CPU worker\(s\): the cluster has {have:g} CPU\(s\), they need 50"
+    ):
+        decide_gpu(load_config(None, overrides).scaling)
+    assert "waiting for 50 CPU worker(s)" in capsys.readouterr().out
