@@ -168,8 +168,35 @@ def build_runtime_env(
     if pip:
         runtime_env["pip"] = list(runtime_env.get("pip", [])) + list(pip)
     merged_env = {"PYTHONUNBUFFERED": "1", **runtime_env.get("env_vars", {}), **(env_vars or {})}
+    refuse_secret_env_vars(merged_env)
     runtime_env["env_vars"] = merged_env
     return runtime_env
+
+
+# Name parts (split at "_") and fragments that mark an environment variable as a credential.
+SECRET_NAME_PARTS = {"SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS", "PASSPHRASE"}
+SECRET_NAME_FRAGMENTS = ("ACCESS_KEY", "API_KEY", "PRIVATE_KEY", "SECRET")
+
+
+def _names_a_secret(name: str) -> bool:
+    upper = name.upper()
+    if upper.endswith(("_FILE", "_PATH", "_DIR")) or upper == "GOOGLE_APPLICATION_CREDENTIALS":
+        return False  # where credentials are (AWS_SHARED_CREDENTIALS_FILE), not the credentials
+    return bool(set(upper.split("_")) & SECRET_NAME_PARTS) or any(f in upper for f in SECRET_NAME_FRAGMENTS)
+
+
+def refuse_secret_env_vars(env_vars: dict[str, str]) -> None:
+    """Refuse to hand a job a variable named like a credential: Ray writes a job's runtime env,
+    values included, into ``runtime_env_agent.log`` on every node it runs on (0644 files), and
+    into the job's entry in the dashboard. The message names the variables, never their values."""
+    secret = sorted(name for name in env_vars if _names_a_secret(name))
+    if secret:
+        raise JobError(
+            f"--env / runtime env: {', '.join(secret)} look(s) like credentials, and Ray writes a job's "
+            "environment, values included, into its logs on every node. Give the nodes their credentials "
+            "instead: an instance profile, IRSA or workload identity, or the nodes' own environment "
+            '(cluster YAML, a KubeRay secretKeyRef); see cluster/README.md, "Security"'
+        )
 
 
 def load_runtime_env_file(path: str | Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from srgan_dist import jobs
+from srgan_dist.cli import main
 from srgan_dist.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ def test_training_job_runs_launch_py_on_the_cluster_with_the_project_uploaded(tm
     assert request.metadata[jobs.META_RUN_DIR] == request.run_dir
     env = request.runtime_env
     assert env["working_dir"] == str(ROOT)
-    assert {".git", ".venv", "runs", "data"} <= set(env["excludes"])
+    assert {".git", ".venv", "/runs", "/data"} <= set(env["excludes"])
     assert "pip" not in env  # a cluster with the project installed needs no pip
     assert env["env_vars"]["PYTHONUNBUFFERED"] == "1"
     # No entrypoint resources: the job server runs the driver on the head node.
@@ -229,3 +230,29 @@ def test_the_upload_keeps_every_file_of_the_package_and_drops_local_data_and_run
         assert not excluded(ROOT / "launch.py") and not excluded(ROOT / "configs" / "demo.yaml")
         for local in ("data/sample/train/a.png", "runs/demo/config.yaml"):
             assert excluded(ROOT / local), local
+
+
+def test_a_secret_handed_to_a_job_is_refused_by_name_without_its_value(tmp_path, capsys):
+    """Ray writes a job's runtime env, values included, into runtime_env_agent.log on every node."""
+    secret = "wJalrXUtnFEMI-not-real"
+    for pair in (f"AWS_SECRET_ACCESS_KEY={secret}", f"HF_TOKEN={secret}", f"db_password={secret}", secret):
+        argv = [
+            "submit",
+            "--entrypoint",
+            "true",
+            "--name",
+            "n",
+            "--working-dir",
+            str(tmp_path),
+            "--env",
+            pair,
+        ]
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert secret not in err and len(err.strip().splitlines()) == 1, err
+        if "=" in pair:
+            assert pair.partition("=")[0] in err and "Ray writes a job's environment" in err
+    # Paths to credentials are not credentials: AWS_SHARED_CREDENTIALS_FILE, TOKENIZER_PATH pass.
+    jobs.refuse_secret_env_vars(
+        {"AWS_SHARED_CREDENTIALS_FILE": "/x", "TOKENIZER_PATH": "/y", "AWS_PROFILE": "p"}
+    )

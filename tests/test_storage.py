@@ -179,10 +179,18 @@ def cloud_run(s3_server, photos, tmp_path_factory) -> dict:
         "AWS_SECRET_ACCESS_KEY": SECRET,
     }
     with fault_plan(hooks):
-        code, stdout, stderr = run_driver(overrides, env)
+        code, stdout, stderr, ray_files_with_secret = run_driver(overrides, env)
     assert code == 0, stdout[-4000:] + stderr[-4000:]
     assert marker.exists()  # the worker really died
-    return {"uri": f"{storage_uri}/full", "prefix": "shared/full", "stdout": stdout, "env": env}
+    return {
+        "uri": f"{storage_uri}/full",
+        "prefix": "shared/full",
+        "stdout": stdout,
+        "stderr": stderr,
+        "env": env,
+        "ray_files_with_secret": ray_files_with_secret,
+        "working_copy": Path(env["XDG_CACHE_HOME"]),
+    }
 
 
 @pytest.fixture
@@ -225,8 +233,13 @@ def test_a_two_stage_run_writes_its_whole_run_directory_to_the_bucket(s3_server,
     # The console names the URI; the credentials are nowhere in what the run wrote.
     assert f"Run directory: {cloud_run['uri']}" in cloud_run["stdout"].splitlines()
     assert f"TensorBoard:   srgan-dist tensorboard {cloud_run['uri']}" in cloud_run["stdout"]
-    for key in ("config.yaml", "summary.json", "train.log", "generator_srgan.json"):
+    # Nowhere: not in any object of the run, its local working copy, the console, or the files of
+    # the driver's Ray session (its logs included).
+    for key in s3_server.keys(cloud_run["prefix"]):
         assert SECRET.encode() not in s3_server.read(f"{cloud_run['prefix']}/{key}"), key
+    assert files_holding(cloud_run["working_copy"], SECRET) == []
+    assert SECRET not in cloud_run["stdout"] + cloud_run["stderr"]
+    assert cloud_run["ray_files_with_secret"] == []
     assert "[srgan] step 4/4" in s3_server.read(f"{cloud_run['prefix']}/train.log").decode()
 
 
@@ -308,15 +321,26 @@ def driver_process(overrides: list[str], env: dict[str, str], ray_tmp: str) -> s
     )
 
 
-def run_driver(overrides: list[str], env: dict[str, str]) -> tuple[int, str, str]:
-    """Run the driver to its end: exit code, stdout, stderr."""
+def run_driver(overrides: list[str], env: dict[str, str]) -> tuple[int, str, str, list[str]]:
+    """Run the driver to its end: exit code, stdout, stderr, and the files of its Ray session
+    (logs included) that hold the environment's AWS secret."""
     ray_tmp = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
     try:
         process = driver_process(overrides, env, ray_tmp)
         stdout, stderr = process.communicate(timeout=900)
-        return process.returncode, stdout, stderr
+        return process.returncode, stdout, stderr, files_holding(Path(ray_tmp), SECRET)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def files_holding(folder: Path, text: str) -> list[str]:
+    """Every file under ``folder`` whose bytes contain ``text``."""
+    found = []
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):  # sockets, files Ray removed meanwhile
+            if path.is_file() and not path.is_symlink() and text.encode() in path.read_bytes():
+                found.append(str(path))
+    return found
 
 
 def test_a_dying_worker_resumed_from_the_checkpoint_in_the_bucket(s3_server, cloud_run, endpoint_env):
@@ -437,11 +461,11 @@ def test_a_two_stage_job_spreads_over_both_nodes_and_trains_into_the_bucket(
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     storage_uri = f"s3://{BUCKET}/cluster"
-    env = [
-        f"AWS_ENDPOINT_URL=http://{s3_server.endpoint}",
-        "AWS_ACCESS_KEY_ID=test",
-        "AWS_SECRET_ACCESS_KEY=test",
-    ]
+    # The nodes read the credentials from a file on them (a real cluster: node roles, or a mounted
+    # secret); a secret handed through --env would be written into Ray's logs, so it is refused.
+    credentials = tmp_path / "aws-credentials"
+    credentials.write_text(f"[default]\naws_access_key_id = test\naws_secret_access_key = {SECRET}\n")
+    env = [f"AWS_ENDPOINT_URL=http://{s3_server.endpoint}", f"AWS_SHARED_CREDENTIALS_FILE={credentials}"]
     workers_before = two_node_cluster.actor_nodes("RayTrainWorker")  # earlier jobs' (other node ids)
     result = two_node_cluster.cli(
         "submit", "--config", str(config), "--name", "job", "--storage", storage_uri, "--workers", "2",
@@ -458,6 +482,7 @@ def test_a_two_stage_job_spreads_over_both_nodes_and_trains_into_the_bucket(
     assert "Reporting training result" in s3_server.read("cluster/job/train.log").decode()
     workers = two_node_cluster.actor_nodes("RayTrainWorker", exclude=set(workers_before))
     assert len(set(workers.values())) == 2, workers  # SPREAD: this job's workers, one on each node
+    assert files_holding(Path(two_node_cluster.tmp), SECRET) == []  # Ray's logs on both nodes
 
     keys = s3_server.keys("cluster/job")
     for key in (

@@ -140,7 +140,9 @@ def _env_vars(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise JobError(f"--env {pair!r}: expected KEY=VALUE")
+            raise JobError(
+                "--env: expected KEY=VALUE, got a word without '=' (not shown: it may be a secret)"
+            )
         env[key] = value
     return env
 
