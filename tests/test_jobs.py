@@ -247,7 +247,7 @@ def test_a_secret_handed_to_a_job_is_refused_by_name_without_its_value(tmp_path,
             "--env",
             pair,
         ]
-        assert main(argv) == 1
+        assert main(argv) == 2
         err = capsys.readouterr().err
         assert secret not in err and len(err.strip().splitlines()) == 1, err
         if "=" in pair:
