@@ -152,16 +152,16 @@ def run_submit(args: argparse.Namespace) -> int:
     from srgan_dist.ray_session import resolve_address
 
     address = resolve_address(args.address, "jobs").value
-    options = jobs.JobOptions(
-        working_dir=args.working_dir,
-        runtime_env_base=jobs.load_runtime_env_file(args.runtime_env) if args.runtime_env else None,
-        pip=args.pip,
-        env_vars=_env_vars(args.env),
-        entrypoint_num_cpus=args.entrypoint_num_cpus,
-        entrypoint_resources=args.entrypoint_resources,
-        submission_id=args.submission_id,
-    )
-    try:
+    try:  # a bad request is the user's to fix (exit 2); the job server's errors exit 1
+        options = jobs.JobOptions(
+            working_dir=args.working_dir,
+            runtime_env_base=jobs.load_runtime_env_file(args.runtime_env) if args.runtime_env else None,
+            pip=args.pip,
+            env_vars=_env_vars(args.env),
+            entrypoint_num_cpus=args.entrypoint_num_cpus,
+            entrypoint_resources=args.entrypoint_resources,
+            submission_id=args.submission_id,
+        )
         if args.entrypoint:
             request = jobs.build_command_job(
                 entrypoint=args.entrypoint, name=args.name or "job", options=options
