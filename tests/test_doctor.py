@@ -128,6 +128,17 @@ def test_doctor_without_the_token_says_how_to_connect(cluster):
     assert result.returncode == 1
     line = r"^FAIL connect cluster .* refused this process's authentication \(InvalidAuthToken: .*\) fix: .*RAY_AUTH_TOKEN_PATH"
     assert re.search(line, result.stdout, re.MULTILINE), result.stdout
+    # The job server's URL without the token, and a closed port: one line each, no traceback.
+    for address in (cluster.address, "http://127.0.0.1:1"):
+        result = subprocess.run(
+            [str(RAY_BIN.parent / "python"), "-m", "srgan_dist.cli", "doctor", "--address", address],
+            env={**env, "RAY_AUTH_MODE": "disabled"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert len(result.stderr.strip().splitlines()) == 1 and address in result.stderr, result.stderr
 
 
 def private_storage_python(folder: Path, storage: Path) -> Path:

@@ -86,14 +86,14 @@ def register(subparsers) -> None:
         help="advanced: run this shell command instead of launch.py (smoke tests, custom scripts)",
     )
     train.add_overrides(submit)
-    submit.set_defaults(func=_job_server_errors(run_submit))
+    submit.set_defaults(func=job_server_errors(run_submit))
 
     status = subparsers.add_parser(
         "status", help="Show a submitted job's status", description="Show a job's status"
     )
     status.add_argument("job_id", metavar="JOB")
     status.add_argument("--address", default=None, help=ADDRESS_HELP)
-    status.set_defaults(func=_job_server_errors(run_status))
+    status.set_defaults(func=job_server_errors(run_status))
 
     logs = subparsers.add_parser(
         "logs", help="Print or follow a submitted job's logs", description="Print a job's logs"
@@ -101,16 +101,16 @@ def register(subparsers) -> None:
     logs.add_argument("job_id", metavar="JOB")
     logs.add_argument("--address", default=None, help=ADDRESS_HELP)
     logs.add_argument("--follow", "-f", action="store_true", help="follow until the job ends")
-    logs.set_defaults(func=_job_server_errors(run_logs))
+    logs.set_defaults(func=job_server_errors(run_logs))
 
     stop = subparsers.add_parser("stop", help="Stop a submitted job", description="Stop a job")
     stop.add_argument("job_id", metavar="JOB")
     stop.add_argument("--address", default=None, help=ADDRESS_HELP)
     stop.add_argument("--no-wait", action="store_true", help="return without waiting for STOPPED")
-    stop.set_defaults(func=_job_server_errors(run_stop))
+    stop.set_defaults(func=job_server_errors(run_stop))
 
 
-def _job_server_errors(command):
+def job_server_errors(command):
     """Print job-server failures (unreachable, unauthorised, unknown job) as one line; exit 1."""
 
     def run(args: argparse.Namespace) -> int:

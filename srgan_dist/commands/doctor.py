@@ -16,6 +16,7 @@ import shlex
 import sys
 import time
 
+from srgan_dist.commands.cluster import job_server_errors
 from srgan_dist.commands.train import add_overrides, config_from_args
 
 DEFAULT_TIMEOUT_S = 90.0
@@ -48,7 +49,7 @@ def register(subparsers) -> None:
         help=f"seconds each check may take before it FAILs (default {DEFAULT_TIMEOUT_S:g})",
     )
     add_overrides(doctor)
-    doctor.set_defaults(func=run, name=None)
+    doctor.set_defaults(func=job_server_errors(run), name=None)
 
 
 def run(args: argparse.Namespace) -> int:
