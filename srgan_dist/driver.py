@@ -23,7 +23,6 @@ The run directory's layout is spelled in ``srgan_dist/rundir.py``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from srgan_dist import atomic
 from srgan_dist.config import (
     Config,
     ConfigError,
@@ -43,10 +43,21 @@ from srgan_dist.config import (
 )
 from srgan_dist.console import RunLog, say
 from srgan_dist.errors import UserError
+from srgan_dist.run_record import (
+    NonFiniteStop,
+    StageStartError,
+    Summary,
+    clear_stops,
+    done_line_prefix,
+    first_unfinished_stage,
+    print_summary,
+    read_stop,
+    read_summary,
+    unfinished_stages,
+)
 from srgan_dist.rundir import RunDir
 from srgan_dist.stages import needs_vgg
 from srgan_dist.storage import StorageError, is_uri
-from srgan_dist.summary import load_summary, stage_finished
 
 log = logging.getLogger(__name__)
 
@@ -420,34 +431,26 @@ def fit_stages(
         trainer.fit()
     except TrainingFailedError as error:
         log.info("Ray Train's error in full", exc_info=True)  # the log file's copy
-        stage = first_unfinished_stage(cfg, run_dir)
+        stage = first_unfinished_stage(run_dir, cfg.train.stages)
         raise RunError(
             f"stage {stage} failed (train.max_failures={cfg.train.max_failures} restart(s) allowed):\n"
             + describe_failure(error)
         ) from error
 
 
-def first_unfinished_stage(cfg: Config, run_dir: RunDir) -> str | None:
-    summary = load_summary(run_dir)
-    return next((stage for stage in cfg.train.stages if not stage_finished(summary, run_dir, stage)), None)
-
-
 def check_stages_finished(cfg: Config, run_dir: RunDir) -> None:
     """After the Ray Train run: raise ``RunError`` saying why a stage stopped, if one did."""
-    run_dir.pull_run_files()  # what rank 0 wrote, for a run in cloud storage
-    stage = first_unfinished_stage(cfg, run_dir)
+    stage = first_unfinished_stage(run_dir, cfg.train.stages)
     if stage is None:
         return
-    nonfinite, error_file = run_dir.nonfinite_marker(stage), run_dir.stage_error(stage)
-    if run_dir.pull(error_file):  # see train/loop.py: errors a restart cannot fix end the attempt
-        error = json.loads(error_file.read_text())
-        raise RunError(f"stage {stage} cannot start: {error['message']} (not retried: it would fail again)")
-    if run_dir.pull(nonfinite):
-        info = json.loads(nonfinite.read_text())
+    # See train/loop.py: errors a restart cannot fix end the attempt.
+    if error := read_stop(run_dir, stage, StageStartError):
+        raise RunError(f"stage {stage} cannot start: {error.message} (not retried: it would fail again)")
+    if stop := read_stop(run_dir, stage, NonFiniteStop):
         raise RunError(
-            f"stage {stage}: non-finite loss at step {info['step']} ({info['skipped_steps']} step(s) "
+            f"stage {stage}: non-finite loss at step {stop.step} ({stop.skipped_steps} step(s) "
             f"skipped in this stage); stopped without saving that state. The last checkpoint (step "
-            f"{info['last_checkpoint_step']}) is kept. Lower {stage}.lr, or set "
+            f"{stop.last_checkpoint_step}) is kept. Lower {stage}.lr, or set "
             "train.on_nonfinite=skip, then run again with --resume"
         )
     raise RunError(f"stage {stage} ended without finishing; see {run_dir.log_file}")
@@ -499,7 +502,7 @@ def run_training(
             print_summary(summary)
     finally:
         upload_log(run_dir)
-    return summary
+    return summary.to_json()
 
 
 def upload_log(run_dir: RunDir) -> None:
@@ -520,14 +523,13 @@ def _train_stages(
     val_files: list[str],
     address: str | None,
     test_hooks: dict[str, Any] | None,
-) -> dict[str, Any]:
-    summary = load_summary(run_dir)
-    for stage in cfg.train.stages:
-        if stage_finished(summary, run_dir, stage):
-            say(f"Stage {stage}: already finished, skipping ({run_dir.generator(stage).name})")
-    if first_unfinished_stage(cfg, run_dir) is None:  # nothing left: no Ray needed
-        summary["run"] = {"name": cfg.run.name, "run_dir": run_dir.location}
-        return summary
+) -> Summary:
+    stages = cfg.train.stages
+    to_train = unfinished_stages(run_dir, stages)
+    for stage in stages[: len(stages) - len(to_train)]:
+        say(f"Stage {stage}: already finished, skipping ({run_dir.generator(stage).name})")
+    if not to_train:  # nothing left: no Ray needed
+        return read_summary(run_dir)
     import ray  # noqa: F401 - gives Ray's driver logger its handlers, which run_log then takes over
 
     run_log.capture_ray_logger()
@@ -536,29 +538,13 @@ def _train_stages(
     use_gpu = decide_gpu(cfg)
     # The run starts here: config.yaml marks the folder as holding a run (a new run with this
     # name then needs --resume), so a failure in pre-flight or while connecting must not write it.
-    run_dir.config_file.write_text(to_yaml(cfg))
+    atomic.write_text(run_dir.config_file, to_yaml(cfg))
     run_dir.push(run_dir.config_file)
-    for stage in cfg.train.stages:
-        if not stage_finished(summary, run_dir, stage):
-            run_dir.remove(run_dir.nonfinite_marker(stage))
-            run_dir.remove(run_dir.stage_error(stage))
+    for stage in to_train:
+        clear_stops(run_dir, stage)
     # Rank 0 prints each stage's lines; the last one is awaited so that it comes before the summary.
-    last_line = run_log.expect_worker_line(f"Stage {cfg.train.stages[-1]}: done, exported")
+    last_line = run_log.expect_worker_line(done_line_prefix(stages[-1]))
     fit_stages(workers_cfg, run_dir, train_files, val_files, use_gpu, test_hooks)
     check_stages_finished(cfg, run_dir)
     last_line.wait(timeout=5)
-    return load_summary(run_dir)
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    say("\nValidation PSNR / SSIM (Y channel, border = scale):")
-    for stage, entry in summary["stages"].items():
-        if entry.get("val_psnr") is None:
-            say(f"  {stage:9s} no validation set")
-            continue
-        gain = entry["val_psnr"] - entry["val_psnr_bicubic"]
-        say(
-            f"  {stage:9s} model {entry['val_psnr']:.2f} dB / {entry['val_ssim']:.4f}   bicubic "
-            f"{entry['val_psnr_bicubic']:.2f} dB / {entry['val_ssim_bicubic']:.4f}   gain {gain:+.2f} dB   "
-            f"({entry['steps']} steps, {entry['samples_per_s']:.1f} samples/s)"
-        )
+    return read_summary(run_dir)

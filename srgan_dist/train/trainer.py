@@ -20,7 +20,6 @@ before the next checkpoint, so the last checkpoint on disk is always a finite on
 from __future__ import annotations
 
 import contextlib
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from srgan_dist.generator_io import GeneratorSpec, WeightsError, load_generator,
 from srgan_dist.losses import PerceptualLoss
 from srgan_dist.models import Discriminator, Generator, VGGFeatures
 from srgan_dist.monitor import make_monitor
+from srgan_dist.run_record import NonFiniteStop, write_stop
 from srgan_dist.rundir import RunDir
 from srgan_dist.train import checkpoint as ckpt
 from srgan_dist.train.ema import GeneratorEMA
@@ -457,10 +457,7 @@ class StageTrainer:
         # Ray Train's Result carries only the latest *checkpoint's* metrics, and this stop
         # deliberately writes no checkpoint, so the reason travels to the driver in a file.
         if self.rank == 0:
-            marker = self.run_dir.nonfinite_marker(self.stage)
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps(self.stop_info, indent=2) + "\n")
-            self.run_dir.push(marker)
+            write_stop(self.run_dir, NonFiniteStop(**self.stop_info))
         self.monitor.message(
             f"stopping: non-finite loss at step {self.stop_info['step']}; no checkpoint written from it"
         )
