@@ -74,22 +74,39 @@ def run_dir_of(cfg: Config) -> RunDir:
 # Pre-flight: everything that can fail without Ray.
 
 
-def check_run_directory(cfg: Config, run_dir: RunDir, resume: bool) -> None:
-    """A new run must not overwrite an old one; a resumed run must keep what is frozen on resume."""
+def saved_run_config(run_dir: RunDir, resume: bool) -> Config | None:
+    """The config of the run ``run_dir`` already holds (None: none yet); a new run must not
+    overwrite an old one."""
     saved = run_dir.config_file
     if not saved.is_file():
-        return
+        return None
     if not resume:
         raise RunError(
             f"run directory {run_dir.root} already holds a run. Pass --resume to continue it, or choose "
             "another --name (nothing was changed)"
         )
-    changes = frozen_changes(config_from_dict(yaml.safe_load(saved.read_text())), cfg)
-    if changes:
-        raise RunError(
-            f"--resume: a resumed run must train the same model with the same losses, EMA and "
-            f"schedules as {saved}; changed:\n  " + "\n  ".join(changes)
+    return config_from_dict(yaml.safe_load(saved.read_text()))
+
+
+def check_resume(saved: Config | None, cfg: Config, run_dir: RunDir) -> None:
+    """A resumed run must keep what is frozen on resume, compared as the workers would train it
+    (:func:`run_config`): a run that fell back to random VGG weights and falls back again goes
+    on, and one whose ImageNet weights would load now is told how to continue as it began."""
+    if saved is None:
+        return
+    changes = frozen_changes(saved, cfg)
+    if not changes:
+        return
+    hint = ""
+    if saved.loss.vgg_weights == "random" != cfg.loss.vgg_weights:
+        hint = (
+            "\n  (the run trained with random VGG19 weights; pass loss.vgg_weights=random to continue "
+            "it as it began, or start a new run for the ImageNet VGG)"
         )
+    raise RunError(
+        f"--resume: a resumed run must train the same model with the same losses, EMA and "
+        f"schedules as {run_dir.config_file}; changed:\n  " + "\n  ".join(changes) + hint
+    )
 
 
 def scan_data(cfg: Config, run_dir: RunDir) -> tuple[list[str], list[str]]:
@@ -148,6 +165,13 @@ def check_vgg(cfg: Config) -> str:
         )
         return "random"
     return cfg.loss.vgg_weights
+
+
+def run_config(cfg: Config) -> Config:
+    """The run's one config: ``cfg`` with the VGG weights the workers really use
+    (:func:`check_vgg`). ``config.yaml``, every worker and every checkpoint get this one, so
+    the run directory says which perceptual loss trained it."""
+    return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vgg_weights=check_vgg(cfg)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -477,9 +501,10 @@ def run_training(
     run_dir = run_dir_of(cfg)
     run_dir.check_location()
     run_dir.pull_run_files()
-    check_run_directory(cfg, run_dir, resume)
+    saved = saved_run_config(run_dir, resume)
     train_files, val_files = scan_data(cfg, run_dir)
-    workers_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vgg_weights=check_vgg(cfg)))
+    cfg = run_config(cfg)
+    check_resume(saved, cfg, run_dir)
     check_ray_address(address)
 
     run_dir.root.mkdir(parents=True, exist_ok=True)  # for train.log; config.yaml comes once Ray is up
@@ -496,9 +521,7 @@ def run_training(
                 )
             if not verbose:
                 say(f"Log:           {run_dir.log_file} (Ray and every worker; -v prints it here too)")
-            summary = _train_stages(
-                cfg, workers_cfg, run_dir, run_log, train_files, val_files, address, test_hooks
-            )
+            summary = _train_stages(cfg, run_dir, run_log, train_files, val_files, address, test_hooks)
             print_summary(summary)
     finally:
         upload_log(run_dir)
@@ -516,7 +539,6 @@ def upload_log(run_dir: RunDir) -> None:
 
 def _train_stages(
     cfg: Config,
-    workers_cfg: Config,
     run_dir: RunDir,
     run_log: RunLog,
     train_files: list[str],
@@ -544,7 +566,7 @@ def _train_stages(
         clear_stops(run_dir, stage)
     # Rank 0 prints each stage's lines; the last one is awaited so that it comes before the summary.
     last_line = run_log.expect_worker_line(done_line_prefix(stages[-1]))
-    fit_stages(workers_cfg, run_dir, train_files, val_files, use_gpu, test_hooks)
+    fit_stages(cfg, run_dir, train_files, val_files, use_gpu, test_hooks)
     check_stages_finished(cfg, run_dir)
     last_line.wait(timeout=5)
     return read_summary(run_dir)

@@ -4,9 +4,11 @@ Everything a run writes, and everything that reads a finished run, names files t
 :class:`RunDir`::
 
     <storage>/<name>/
-      config.yaml                      the resolved config (written when training really starts)
+      config.yaml                      the run's config as the workers train with it (written when
+                                       training really starts; driver.run_config)
       train.log                        everything the driver, Ray and every worker wrote (appended)
       summary.json                     per stage: steps, wall time, samples/s, validation numbers
+                                       (run_record.py, like the two stop files below)
       tensorboard/<stage>/             rank 0's TensorBoard events, one sub-folder per stage
       <name>-<stage>/step-NNNNNNNN/    Ray Train's checkpoints of each stage
       checkpoint_manager_snapshot.json Ray Train's list of reported checkpoints (not used to resume),

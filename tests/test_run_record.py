@@ -1,5 +1,6 @@
 """The run record without Ray: ``summary.json``, the stage stop files, "which stage is first
-unfinished" (also for a run in cloud storage, read by a process that did not write it)."""
+unfinished" (also for a run in cloud storage, read by a process that did not write it), and the
+one config a run writes and trains with, resumed after a random-VGG fallback."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from srgan_dist.run_record import (
 )
 from srgan_dist.rundir import RunDir
 from srgan_dist.stages import STAGE_NAMES
+from srgan_dist.vgg_weights import VGGWeightsUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -143,3 +145,28 @@ def test_the_done_line_is_what_the_driver_waits_for():
     line = run_record.done_line(LAST, "s3://b/r/generator.safetensors")
     assert line == f"Stage {LAST}: done, exported s3://b/r/generator.safetensors"
     assert line.startswith(run_record.done_line_prefix(LAST))
+
+
+def test_the_saved_config_is_the_one_workers_train_with_and_a_random_vgg_run_resumes(monkeypatch):
+    """config.yaml holds the VGG weights the workers used; --resume compares the frozen keys with
+    what the workers would use now."""
+    available = {"imagenet": False}
+
+    def load(weights, allow_random_fallback=False):
+        if weights == "imagenet" and not available["imagenet"]:
+            raise VGGWeightsUnavailable("could not load torchvision VGG19 ImageNet weights (offline)")
+
+    monkeypatch.setattr("srgan_dist.vgg_weights.load_vgg19_features", load)
+    asked = load_config(DEMO, ["loss.vgg_weights=imagenet", "loss.vgg_random_fallback=true"])
+    run_dir = RunDir(Path("/runs/demo"))
+    saved = driver.run_config(asked)
+    assert saved.loss.vgg_weights == "random"  # what config.yaml, the workers and checkpoints get
+
+    driver.check_resume(saved, driver.run_config(asked), run_dir)  # still offline: falls back again
+    available["imagenet"] = True  # the same command once ImageNet weights load: another loss
+    with pytest.raises(driver.RunError, match=r"loss: .*'random'.* -> .*'imagenet'") as refused:
+        driver.check_resume(saved, driver.run_config(asked), run_dir)
+    assert "pass loss.vgg_weights=random to continue it as it began" in str(refused.value)
+    as_it_began = load_config(DEMO, ["loss.vgg_weights=random", "loss.vgg_random_fallback=true"])
+    driver.check_resume(saved, driver.run_config(as_it_began), run_dir)
+    driver.check_resume(None, driver.run_config(asked), run_dir)  # a new run: nothing to compare
