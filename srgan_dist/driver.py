@@ -455,11 +455,22 @@ def fit_stages(
         trainer.fit()
     except TrainingFailedError as error:
         log.info("Ray Train's error in full", exc_info=True)  # the log file's copy
-        stage = first_unfinished_stage(run_dir, cfg.train.stages)
+        stage = failed_stage(cfg, run_dir)
         raise RunError(
             f"stage {stage} failed (train.max_failures={cfg.train.max_failures} restart(s) allowed):\n"
             + describe_failure(error)
         ) from error
+
+
+def failed_stage(cfg: Config, run_dir: RunDir) -> str | None:
+    """The stage a failed run stopped in, as the record in the run's storage says. When that
+    storage cannot be read (often it is what failed, and Ray's error says so), this machine's
+    working copy answers: right whenever rank 0 shared this machine."""
+    try:
+        return first_unfinished_stage(run_dir, cfg.train.stages)
+    except StorageError as error:
+        log.info("which stage failed, from this machine's copy of the run: %s", error)
+        return first_unfinished_stage(RunDir(run_dir.root), cfg.train.stages)
 
 
 def check_stages_finished(cfg: Config, run_dir: RunDir) -> None:

@@ -125,6 +125,23 @@ def test_a_process_on_another_node_reads_the_record_from_cloud_storage(bucket, t
         driver.check_stages_finished(cfg, reader)
 
 
+def test_a_failed_run_names_the_stage_the_bucket_says_else_the_local_copy(bucket, tmp_path, monkeypatch):
+    uri = "s3://bucket/runs/demo"
+    cfg = load_config(DEMO, [f"train.stages=[{FIRST},{LAST}]"])
+    reader = reader_on_another_node(monkeypatch, tmp_path, uri)
+    assert driver.failed_stage(cfg, reader) == FIRST
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache-writer"))
+    finished(RunDir.at(uri), FIRST)  # rank 0, on another node, finished the first stage
+    reader = reader_on_another_node(monkeypatch, tmp_path, uri)
+    assert driver.failed_stage(cfg, reader) == LAST
+
+    def outage(uri: str, local: Path) -> bool:
+        raise storage.StorageError(f"downloading to {local} from {uri} failed: Could not connect")
+
+    monkeypatch.setattr(storage, "download", outage)  # the storage is what failed: its error is
+    assert driver.failed_stage(cfg, reader) == LAST  # Ray's; the working copy names the stage
+
+
 def test_stop_files_are_typed_and_cleared(tmp_path):
     run_dir = RunDir(tmp_path / "demo")
     assert read_stop(run_dir, FIRST, StageStartError) is None
