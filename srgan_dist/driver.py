@@ -23,7 +23,6 @@ The run directory's layout is spelled in ``srgan_dist/rundir.py``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from srgan_dist import atomic
 from srgan_dist.config import (
     Config,
     ConfigError,
@@ -43,10 +43,21 @@ from srgan_dist.config import (
 from srgan_dist.console import RunLog, say
 from srgan_dist.errors import UserError
 from srgan_dist.ray_session import connect_ray, decide_gpu, scaling_config, training_address_problem
+from srgan_dist.run_record import (
+    NonFiniteStop,
+    StageStartError,
+    Summary,
+    clear_stops,
+    done_line_prefix,
+    first_unfinished_stage,
+    print_summary,
+    read_stop,
+    read_summary,
+    unfinished_stages,
+)
 from srgan_dist.rundir import RunDir
 from srgan_dist.stages import needs_vgg
 from srgan_dist.storage import StorageError
-from srgan_dist.summary import load_summary, stage_finished
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +74,39 @@ def run_dir_of(cfg: Config) -> RunDir:
 # Pre-flight: everything that can fail without Ray.
 
 
-def check_run_directory(cfg: Config, run_dir: RunDir, resume: bool) -> None:
-    """A new run must not overwrite an old one; a resumed run must keep what is frozen on resume."""
+def saved_run_config(run_dir: RunDir, resume: bool) -> Config | None:
+    """The config of the run ``run_dir`` already holds (None: none yet); a new run must not
+    overwrite an old one."""
     saved = run_dir.config_file
     if not saved.is_file():
-        return
+        return None
     if not resume:
         raise RunError(
             f"run directory {run_dir.root} already holds a run. Pass --resume to continue it, or choose "
             "another --name (nothing was changed)"
         )
-    changes = frozen_changes(config_from_dict(yaml.safe_load(saved.read_text())), cfg)
-    if changes:
-        raise RunError(
-            f"--resume: a resumed run must train the same model with the same losses, EMA and "
-            f"schedules as {saved}; changed:\n  " + "\n  ".join(changes)
+    return config_from_dict(yaml.safe_load(saved.read_text()))
+
+
+def check_resume(saved: Config | None, cfg: Config, run_dir: RunDir) -> None:
+    """A resumed run must keep what is frozen on resume, compared as the workers would train it
+    (:func:`run_config`): a run that fell back to random VGG weights and falls back again goes
+    on, and one whose ImageNet weights would load now is told how to continue as it began."""
+    if saved is None:
+        return
+    changes = frozen_changes(saved, cfg)
+    if not changes:
+        return
+    hint = ""
+    if saved.loss.vgg_weights == "random" != cfg.loss.vgg_weights:
+        hint = (
+            "\n  (the run trained with random VGG19 weights; pass loss.vgg_weights=random to continue "
+            "it as it began, or start a new run for the ImageNet VGG)"
         )
+    raise RunError(
+        f"--resume: a resumed run must train the same model with the same losses, EMA and "
+        f"schedules as {run_dir.config_file}; changed:\n  " + "\n  ".join(changes) + hint
+    )
 
 
 def scan_data(cfg: Config, run_dir: RunDir) -> tuple[list[str], list[str]]:
@@ -137,6 +165,13 @@ def check_vgg(cfg: Config) -> str:
         )
         return "random"
     return cfg.loss.vgg_weights
+
+
+def run_config(cfg: Config) -> Config:
+    """The run's one config: ``cfg`` with the VGG weights the workers really use
+    (:func:`check_vgg`). ``config.yaml``, every worker and every checkpoint get this one, so
+    the run directory says which perceptual loss trained it."""
+    return dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vgg_weights=check_vgg(cfg)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,34 +300,37 @@ def fit_stages(
         trainer.fit()
     except TrainingFailedError as error:
         log.info("Ray Train's error in full", exc_info=True)  # the log file's copy
-        stage = first_unfinished_stage(cfg, run_dir)
+        stage = failed_stage(cfg, run_dir)
         raise RunError(
             f"stage {stage} failed (train.max_failures={cfg.train.max_failures} restart(s) allowed):\n"
             + describe_failure(error)
         ) from error
 
 
-def first_unfinished_stage(cfg: Config, run_dir: RunDir) -> str | None:
-    summary = load_summary(run_dir)
-    return next((stage for stage in cfg.train.stages if not stage_finished(summary, run_dir, stage)), None)
+def failed_stage(cfg: Config, run_dir: RunDir) -> str | None:
+    """The stage a failed run stopped in, as the record in the run's storage says. When that
+    storage cannot be read (often it is what failed, and Ray's error says so), this machine's
+    working copy answers: right whenever rank 0 shared this machine."""
+    try:
+        return first_unfinished_stage(run_dir, cfg.train.stages)
+    except StorageError as error:
+        log.info("which stage failed, from this machine's copy of the run: %s", error)
+        return first_unfinished_stage(RunDir(run_dir.root), cfg.train.stages)
 
 
 def check_stages_finished(cfg: Config, run_dir: RunDir) -> None:
     """After the Ray Train run: raise ``RunError`` saying why a stage stopped, if one did."""
-    run_dir.pull_run_files()  # what rank 0 wrote, for a run in cloud storage
-    stage = first_unfinished_stage(cfg, run_dir)
+    stage = first_unfinished_stage(run_dir, cfg.train.stages)
     if stage is None:
         return
-    nonfinite, error_file = run_dir.nonfinite_marker(stage), run_dir.stage_error(stage)
-    if run_dir.pull(error_file):  # see train/loop.py: errors a restart cannot fix end the attempt
-        error = json.loads(error_file.read_text())
-        raise RunError(f"stage {stage} cannot start: {error['message']} (not retried: it would fail again)")
-    if run_dir.pull(nonfinite):
-        info = json.loads(nonfinite.read_text())
+    # See train/loop.py: errors a restart cannot fix end the attempt.
+    if error := read_stop(run_dir, stage, StageStartError):
+        raise RunError(f"stage {stage} cannot start: {error.message} (not retried: it would fail again)")
+    if stop := read_stop(run_dir, stage, NonFiniteStop):
         raise RunError(
-            f"stage {stage}: non-finite loss at step {info['step']} ({info['skipped_steps']} step(s) "
+            f"stage {stage}: non-finite loss at step {stop.step} ({stop.skipped_steps} step(s) "
             f"skipped in this stage); stopped without saving that state. The last checkpoint (step "
-            f"{info['last_checkpoint_step']}) is kept. Lower {stage}.lr, or set "
+            f"{stop.last_checkpoint_step}) is kept. Lower {stage}.lr, or set "
             "train.on_nonfinite=skip, then run again with --resume"
         )
     raise RunError(f"stage {stage} ended without finishing; see {run_dir.log_file}")
@@ -318,9 +356,10 @@ def run_training(
     run_dir = run_dir_of(cfg)
     run_dir.check_location()
     run_dir.pull_run_files()
-    check_run_directory(cfg, run_dir, resume)
+    saved = saved_run_config(run_dir, resume)
     train_files, val_files = scan_data(cfg, run_dir)
-    workers_cfg = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, vgg_weights=check_vgg(cfg)))
+    cfg = run_config(cfg)
+    check_resume(saved, cfg, run_dir)
     check_ray_address(address)
 
     run_dir.root.mkdir(parents=True, exist_ok=True)  # for train.log; config.yaml comes once Ray is up
@@ -337,11 +376,11 @@ def run_training(
                 )
             if not verbose:
                 say(f"Log:           {run_dir.log_file} (Ray and every worker; -v prints it here too)")
-            summary = _train_stages(cfg, workers_cfg, run_dir, run_log, train_files, val_files, address)
+            summary = _train_stages(cfg, run_dir, run_log, train_files, val_files, address)
             print_summary(summary)
     finally:
         upload_log(run_dir)
-    return summary
+    return summary.to_json()
 
 
 def upload_log(run_dir: RunDir) -> None:
@@ -355,20 +394,18 @@ def upload_log(run_dir: RunDir) -> None:
 
 def _train_stages(
     cfg: Config,
-    workers_cfg: Config,
     run_dir: RunDir,
     run_log: RunLog,
     train_files: list[str],
     val_files: list[str],
     address: str | None,
-) -> dict[str, Any]:
-    summary = load_summary(run_dir)
-    for stage in cfg.train.stages:
-        if stage_finished(summary, run_dir, stage):
-            say(f"Stage {stage}: already finished, skipping ({run_dir.generator(stage).name})")
-    if first_unfinished_stage(cfg, run_dir) is None:  # nothing left: no Ray needed
-        summary["run"] = {"name": cfg.run.name, "run_dir": run_dir.location}
-        return summary
+) -> Summary:
+    stages = cfg.train.stages
+    to_train = unfinished_stages(run_dir, stages)
+    for stage in stages[: len(stages) - len(to_train)]:
+        say(f"Stage {stage}: already finished, skipping ({run_dir.generator(stage).name})")
+    if not to_train:  # nothing left: no Ray needed
+        return read_summary(run_dir)
     import ray  # noqa: F401 - gives Ray's driver logger its handlers, which run_log then takes over
 
     run_log.capture_ray_logger()
@@ -377,29 +414,13 @@ def _train_stages(
     use_gpu = decide_gpu(cfg.scaling)
     # The run starts here: config.yaml marks the folder as holding a run (a new run with this
     # name then needs --resume), so a failure in pre-flight or while connecting must not write it.
-    run_dir.config_file.write_text(to_yaml(cfg))
+    atomic.write_text(run_dir.config_file, to_yaml(cfg))
     run_dir.push(run_dir.config_file)
-    for stage in cfg.train.stages:
-        if not stage_finished(summary, run_dir, stage):
-            run_dir.remove(run_dir.nonfinite_marker(stage))
-            run_dir.remove(run_dir.stage_error(stage))
+    for stage in to_train:
+        clear_stops(run_dir, stage)
     # Rank 0 prints each stage's lines; the last one is awaited so that it comes before the summary.
-    last_line = run_log.expect_worker_line(f"Stage {cfg.train.stages[-1]}: done, exported")
-    fit_stages(workers_cfg, run_dir, train_files, val_files, use_gpu)
+    last_line = run_log.expect_worker_line(done_line_prefix(stages[-1]))
+    fit_stages(cfg, run_dir, train_files, val_files, use_gpu)
     check_stages_finished(cfg, run_dir)
     last_line.wait(timeout=5)
-    return load_summary(run_dir)
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    say("\nValidation PSNR / SSIM (Y channel, border = scale):")
-    for stage, entry in summary["stages"].items():
-        if entry.get("val_psnr") is None:
-            say(f"  {stage:9s} no validation set")
-            continue
-        gain = entry["val_psnr"] - entry["val_psnr_bicubic"]
-        say(
-            f"  {stage:9s} model {entry['val_psnr']:.2f} dB / {entry['val_ssim']:.4f}   bicubic "
-            f"{entry['val_psnr_bicubic']:.2f} dB / {entry['val_ssim_bicubic']:.4f}   gain {gain:+.2f} dB   "
-            f"({entry['steps']} steps, {entry['samples_per_s']:.1f} samples/s)"
-        )
+    return read_summary(run_dir)

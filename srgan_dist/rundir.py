@@ -4,9 +4,11 @@ Everything a run writes, and everything that reads a finished run, names files t
 :class:`RunDir`::
 
     <storage>/<name>/
-      config.yaml                      the resolved config (written when training really starts)
+      config.yaml                      the run's config as the workers train with it (written when
+                                       training really starts; driver.run_config)
       train.log                        everything the driver, Ray and every worker wrote (appended)
       summary.json                     per stage: steps, wall time, samples/s, validation numbers
+                                       (run_record.py, like the two stop files below)
       tensorboard/<stage>/             rank 0's TensorBoard events, one sub-folder per stage
       <name>-<stage>/step-NNNNNNNN/    Ray Train's checkpoints of each stage
       checkpoint_manager_snapshot.json Ray Train's list of reported checkpoints (not used to resume),
@@ -127,14 +129,14 @@ class RunDir:
         return path
 
     def pull_run_files(self) -> None:
-        """Make the working copy's config, summary and generators those of the run in cloud
-        storage (a resumed run reads them). The log is fetched only when this machine has none,
-        since the local one may hold lines not uploaded yet."""
+        """Make the working copy's config that of the run in cloud storage (a resumed run is
+        checked against it). The log is fetched only when this machine has none, since the local
+        one may hold lines not uploaded yet. The summary and generators come with
+        ``run_record.first_unfinished_stage``."""
         if self.uri is None:
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        for path in (self.config_file, self.summary_file, *self.generator_files()):
-            self.pull(path)
+        self.pull(self.config_file)
         if not self.log_file.exists():
             self.pull(self.log_file)
 
@@ -142,6 +144,12 @@ class RunDir:
         """Upload a stage's generator, sidecar first (readers look for the weights)."""
         self.push(self.generator(stage).with_suffix(".json"))
         self.push(self.generator(stage))
+
+    def pull_generator(self, stage: str) -> bool:
+        """Download a stage's generator and its sidecar (when in cloud storage); True if the
+        weights are now in the working copy."""
+        self.pull(self.generator(stage).with_suffix(".json"))
+        return self.pull(self.generator(stage))
 
     def generator_files(self) -> list[Path]:
         """Every stage's generator and its JSON sidecar."""

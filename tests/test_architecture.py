@@ -15,7 +15,7 @@ FLOORS: dict[str, int] = {
     "config": 0, "errors": 0, "stages": 0, "atomic": 0, "rundir": 0, "storage": 0, "pixels": 0, "metrics": 0, "models": 0, "models.": 0, "losses": 0,
     # 1: components that read and write files, one process
     "data": 1, "data.": 1, "pictures": 1, "vgg_weights": 1, "generator_io": 1, "monitor": 1,
-    "infer": 1, "upscale": 1, "evaluate": 1, "export": 1, "console": 1, "summary": 1, "run_record": 1,
+    "infer": 1, "upscale": 1, "evaluate": 1, "export": 1, "console": 1, "run_record": 1,
     "run_lock": 1,
     # 2: training one stage on one worker, without Ray
     "train.steps": 2, "train.ema": 2, "train.validation": 2, "train.checkpoint": 2, "train.window": 2,

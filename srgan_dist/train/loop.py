@@ -9,28 +9,26 @@ One worker group trains all stages of a run, so the second stage does not pay fo
 Train controller and worker group. Per stage, in order: a ``StageTrainer`` trains it (resuming
 from its newest good checkpoint), then rank 0 writes ``generator_<stage>.safetensors`` and the
 stage's ``summary.json`` entry and prints the stage's console lines, and every rank waits for
-that before the next stage loads the generator. Stages finished before (per ``summary.json``)
+that before the next stage loads the generator. Stages finished before (``run_record.first_unfinished_stage``)
 are skipped, so a restarted worker group resumes the stage it was in.
 
-The trainer picks the checkpoint to
-resume from itself (the stage's newest good ``step-*`` folder, not just the one
-``ray.train.get_checkpoint()`` would hand over), so damaged or deleted checkpoints fall back.
+The trainer picks the checkpoint to resume from itself (the stage's newest good ``step-*``
+folder, not just the one ``ray.train.get_checkpoint()`` would hand over), so damaged or deleted
+checkpoints fall back.
 Everything else happens in :class:`srgan_dist.train.trainer.StageTrainer`.
 
 Errors a restart cannot fix: Ray Train 2.60 restarts the worker group on *any* worker error
 until ``FailureConfig.max_failures`` is spent (``DefaultFailurePolicy`` has no non-retryable
 worker error). A bad config, hand-off or set of checkpoints would fail the same way every time,
-so those (``ValueError``s: ``ConfigError``, ``CheckpointError``) end the attempt normally on
-every rank instead, and the rank that hit one writes it to ``<stage>/error.json``, which the
-driver raises as a one-line ``RunError``.
+so those (a ``UserError``: ``ConfigError``, ``CheckpointError``) end the attempt normally on
+every rank instead, and the rank that hit one writes it to ``<stage>/error.json``
+(``run_record.StageStartError``), which the driver raises as a one-line ``RunError``.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
-import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -42,8 +40,15 @@ import torch
 from srgan_dist.config import Config, config_from_dict
 from srgan_dist.errors import UserError
 from srgan_dist.monitor import console_logger
+from srgan_dist.run_record import (
+    StageRecord,
+    StageStartError,
+    done_line,
+    record_stage,
+    unfinished_stages,
+    write_stop,
+)
 from srgan_dist.rundir import RunDir
-from srgan_dist.summary import load_summary, record_stage, stage_finished, stage_summary
 from srgan_dist.train.trainer import StageTrainer, all_reduce_sum
 
 
@@ -66,27 +71,18 @@ def stop_without_restart(
 ) -> bool:
     """True on every rank when any rank could not start; those ranks write why for the driver."""
     if error is not None:
-        marker = run_dir.stage_error(stage)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        partial = marker.with_name(f"{marker.name}.rank{rank}")
-        partial.write_text(json.dumps({"stage": stage, "rank": rank, "message": str(error)}) + "\n")
-        os.replace(partial, marker)
-        run_dir.push(marker)
+        write_stop(run_dir, StageStartError(stage=stage, rank=rank, message=str(error)))
     # Agreed by all ranks, so none goes on into DDP set-up waiting for one that stopped.
     failed_ranks = all_reduce_sum(torch.tensor([float(error is not None)]), device)
     return bool(failed_ranks.item() > 0)
 
 
 def first_stage_to_train(cfg: Config, run_dir: RunDir, rank: int, device: torch.device) -> int:
-    """Index in ``train.stages`` of the first stage not finished (``summary.json``), as rank 0
-    sees it: every rank starts there, even when a shared mount shows the others an older file."""
+    """Index in ``train.stages`` of the first stage not finished, as rank 0 sees it: every rank
+    starts there, even when a shared mount shows the others an older ``summary.json``."""
     index = 0
     if rank == 0:
-        run_dir.pull_run_files()  # a run in cloud storage: its summary and generators
-        summary = load_summary(run_dir)
-        stages = cfg.train.stages
-        while index < len(stages) and stage_finished(summary, run_dir, stages[index]):
-            index += 1
+        index = len(cfg.train.stages) - len(unfinished_stages(run_dir, cfg.train.stages))
     return int(all_reduce_sum(torch.tensor([float(index)]), device).item())
 
 
@@ -158,9 +154,11 @@ def train_stage(
             return False
         if rank == 0:
             exported = trainer.export_generator()
-            entry = stage_summary(cfg, stage, trainer.final_metrics(), time.perf_counter() - started)
-            record_stage(run_dir, stage, entry)
-            console.info(f"Stage {stage}: done, exported {run_dir.location_of(exported)}")
+            record = StageRecord.from_metrics(
+                cfg, stage, trainer.final_metrics(), time.perf_counter() - started
+            )
+            record_stage(run_dir, stage, record)
+            console.info(done_line(stage, run_dir.location_of(exported)))
     except Exception as error:
         raise WorkerFailed(
             f"stage {trainer.stage}, after step {trainer.step}: {type(error).__name__}: {error}"
