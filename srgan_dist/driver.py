@@ -25,24 +25,31 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from srgan_dist import atomic
 from srgan_dist.config import (
     Config,
     ConfigError,
-    config_from_dict,
     frozen_changes,
+    load_saved_config,
     resolve_paths,
     to_dict,
     to_yaml,
 )
 from srgan_dist.console import RunLog, say
 from srgan_dist.errors import UserError
-from srgan_dist.ray_session import connect_ray, decide_gpu, scaling_config, training_address_problem
+from srgan_dist.ray_session import (
+    connect_ray,
+    decide_gpu,
+    embedded_capacity_problem,
+    scaling_config,
+    training_address_problem,
+)
+from srgan_dist.run_lock import RunLock
 from srgan_dist.run_record import (
     NonFiniteStop,
     StageStartError,
@@ -85,7 +92,7 @@ def saved_run_config(run_dir: RunDir, resume: bool) -> Config | None:
             f"run directory {run_dir.root} already holds a run. Pass --resume to continue it, or choose "
             "another --name (nothing was changed)"
         )
-    return config_from_dict(yaml.safe_load(saved.read_text()))
+    return load_saved_config(saved)
 
 
 def check_resume(saved: Config | None, cfg: Config, run_dir: RunDir) -> None:
@@ -297,7 +304,7 @@ def fit_stages(
     )
     forget_ray_checkpoint_list(run_dir)
     try:
-        trainer.fit()
+        fit_interruptibly(trainer)
     except TrainingFailedError as error:
         log.info("Ray Train's error in full", exc_info=True)  # the log file's copy
         stage = failed_stage(cfg, run_dir)
@@ -337,6 +344,96 @@ def check_stages_finished(cfg: Config, run_dir: RunDir) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# Stopping: Ctrl-C and SIGTERM end the run within seconds, with one line
+
+
+class RunStopped(UserError):
+    """The user stopped the run (Ctrl-C, SIGTERM); the message says where it can resume."""
+
+    def __init__(self, message: str, signum: int | None) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + (signum or signal.SIGINT)
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM raise ``KeyboardInterrupt`` in the main thread, wherever
+    the driver is (pre-flight, joining Ray, waiting on Ray Train), and the previous handlers come
+    back after. ``received`` is the last signal's number."""
+
+    received: int | None = None
+
+    @classmethod
+    def _handler(cls, signum: int, frame: object) -> None:
+        cls.received = signum
+        raise KeyboardInterrupt
+
+    @classmethod
+    def install(cls) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, cls._handler)
+
+    def __enter__(self) -> StopSignals:
+        StopSignals.received = None
+        self.previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        self.install()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self.previous.items():
+                signal.signal(signum, handler)
+
+
+def fit_interruptibly(trainer: Any) -> None:
+    """``trainer.fit()`` in a helper thread while this thread waits, so a stop signal reaches the
+    driver as ``KeyboardInterrupt`` (in the main thread Ray Train would take SIGINT itself, abort
+    the run and return as if it had ended). On a stop, Ray is shut down: the run's workers and
+    controller end with the driver's connection; checkpoints already written stay."""
+    import ray
+
+    outcome: dict[str, BaseException] = {}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as error:  # handed to the main thread below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=fit, name="srgan-dist-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(timeout=0.5)
+    except KeyboardInterrupt:
+        ray.shutdown()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def stopped_message(cfg: Config, run_dir: RunDir) -> str:
+    """Where a stopped run can go on from: the stage it was in and that stage's newest checkpoint."""
+    from srgan_dist.train.checkpoint import list_checkpoints
+
+    if not run_dir.config_file.is_file():
+        return "stopped before training started; nothing of the run was written"
+    try:
+        stage = failed_stage(cfg, run_dir)
+        newest = list_checkpoints(run_dir.location_of(run_dir.checkpoints(stage))) if stage else []
+    except (StorageError, OSError) as error:
+        return f"stopped; could not read the run's record ({error}); run the same command with --resume"
+    if stage is None:
+        return "stopped after the last stage had finished; nothing is left to train"
+    where = (
+        f"its newest checkpoint is step {int(newest[0].removeprefix('step-'))}"
+        if newest
+        else "it has no checkpoint yet (it restarts from its start)"
+    )
+    return f"stopped during stage {stage}; {where}; run the same command with --resume to continue"
+
+
+# ---------------------------------------------------------------------------------------------
 # The whole run
 
 
@@ -355,6 +452,20 @@ def run_training(
     cfg = resolve_paths(cfg)
     run_dir = run_dir_of(cfg)
     run_dir.check_location()
+    capacity = embedded_capacity_problem(cfg.scaling, address)
+    if capacity:
+        raise RunError(f"{capacity}; no run was started")
+    try:
+        # One driver per run: the lock comes before anything of the run is read or written.
+        with RunLock(run_dir), StopSignals():
+            return _preflight_and_train(cfg, run_dir, resume, address, verbose)
+    except KeyboardInterrupt:
+        raise RunStopped(stopped_message(cfg, run_dir), StopSignals.received) from None
+
+
+def _preflight_and_train(
+    cfg: Config, run_dir: RunDir, resume: bool, address: str | None, verbose: bool
+) -> dict[str, Any]:
     run_dir.pull_run_files()
     saved = saved_run_config(run_dir, resume)
     train_files, val_files = scan_data(cfg, run_dir)
@@ -410,6 +521,7 @@ def _train_stages(
 
     run_log.capture_ray_logger()
     connect_ray(address, cfg.scaling.num_workers, cfg.scaling.cpus_per_worker)
+    StopSignals.install()  # again: ray.init replaces the SIGTERM handler with its own sys.exit
     route_ray_output(run_log)
     use_gpu = decide_gpu(cfg.scaling)
     # The run starts here: config.yaml marks the folder as holding a run (a new run with this

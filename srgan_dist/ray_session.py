@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -405,10 +406,13 @@ def wait_for_workers(
     say(f"{needed * per_worker:g} {kind}(s) available after {time.monotonic() - started:.0f} s")
 
 
-def embedded_capacity_problem(scaling: ScalingConfig) -> str | None:
-    """Pre-flight for a run on the embedded local Ray: every worker is a process on this machine,
-    so a worker count beyond its cores would start them all anyway and thrash (1,000 workers took
-    Ray's out-of-memory killer to stop)."""
+def embedded_capacity_problem(scaling: ScalingConfig, flag: str | None) -> str | None:
+    """Pre-flight for a run on the embedded local Ray (no address, no Ray in this process yet):
+    every worker is a process on this machine, so a worker count beyond its cores would start
+    them all anyway and thrash (1,000 workers took Ray's out-of-memory killer to stop)."""
+    ray = sys.modules.get("ray")
+    if resolve_address(flag, "train").value or (ray is not None and ray.is_initialized()):
+        return None  # a cluster: decide_gpu waits for its resources, bounded
     cores = os.cpu_count() or 1
     if scaling.num_workers <= cores:
         return None

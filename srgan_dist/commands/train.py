@@ -118,7 +118,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from srgan_dist.driver import run_dir_of, run_training
+    from srgan_dist.driver import RunStopped, run_dir_of, run_training
     from srgan_dist.errors import UserError
     from srgan_dist.storage import StorageError
 
@@ -132,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
 
             server = start_tensorboard(run_dir_of(cfg).root.resolve(), host="127.0.0.1", port=6006)
         run_training(cfg, resume=args.resume, address=args.address, verbose=args.verbose)
+    except RunStopped as stopped:
+        print(str(stopped), file=sys.stderr)
+        return stopped.exit_code
     except (UserError, StorageError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         if log_file is not None and log_file.is_file():
