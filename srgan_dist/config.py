@@ -258,6 +258,11 @@ class TrainConfig:
     """A NaN/inf loss stops the stage (``error``) or skips that step (``skip``, counted)."""
     max_nonfinite_skips: int = 20
     """With ``on_nonfinite=skip``: stop anyway after this many skipped steps in a stage."""
+    on_unusable_checkpoints: Literal["error", "restart"] = "error"
+    """A stage whose checkpoints all fail their checks (e.g. the only one was cut short by a full
+    disk): ``error`` stops with one line listing them (nothing is touched); ``restart`` trains
+    the stage again from its hand-off, saying so (new checkpoints replace the damaged folders of
+    the same step, and pruning removes the rest). Not frozen: pass it with ``--resume``."""
     max_failures: int = 2
     """Ray Train restarts the worker group from the latest checkpoint up to this many times."""
     ema_decay: float = 0.0

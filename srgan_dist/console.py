@@ -100,6 +100,30 @@ class _Forward(logging.Handler):
         self.target.handle(record)
 
 
+class _LogFile(logging.FileHandler):
+    """The run's log file. A write that fails (a full disk) is said once on stderr instead of
+    the traceback ``logging`` prints for every record; the console goes on."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, mode="a", encoding="utf-8")
+        self.failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            self.note_failure(error)
+        else:  # a record that cannot be formatted: logging's own report
+            super().handleError(record)
+
+    def note_failure(self, error: OSError) -> None:
+        if not self.failed:
+            self.failed = True
+            reason = error.strerror or str(error)
+            sys.stderr.write(
+                f"{self.baseFilename}: cannot write the run's log ({reason}); later lines are not in it\n"
+            )
+
+
 class RunLog:
     """The run's log file, for the duration of a ``with`` block; see the module docstring.
 
@@ -109,14 +133,14 @@ class RunLog:
     def __init__(self, path: Path, verbose: bool) -> None:
         self.path = path
         self.verbose = verbose
-        self._file: logging.FileHandler | None = None
+        self._file: _LogFile | None = None
         self._ray_file: logging.Handler | None = None
         self._ray_handlers: list[logging.Handler] = []
         self._root_level = logging.NOTSET
         self._awaited: tuple[str, threading.Event] | None = None
 
     def __enter__(self) -> RunLog:
-        self._file = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+        self._file = _LogFile(self.path)
         self._file.setFormatter(logging.Formatter(FILE_FORMAT))
         self._file.setLevel(logging.INFO)
         root = logging.getLogger()
@@ -177,8 +201,12 @@ class RunLog:
         arrived = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
         prefix = f"{arrived} ({who} pid={data.get('pid')} ip={data.get('ip')} {stream}) "
         text = "".join(prefix + line + "\n" for line in data.get("lines", []))
-        with _WORKER_LINES_LOCK, self.path.open("a", encoding="utf-8") as file:
-            file.write(text)
+        try:
+            with _WORKER_LINES_LOCK, self.path.open("a", encoding="utf-8") as file:
+                file.write(text)
+        except OSError as error:  # a full disk: said once, the console goes on
+            if self._file is not None:
+                self._file.note_failure(error)
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
@@ -191,5 +219,8 @@ class RunLog:
         logging.getLogger().removeHandler(self._file)
         logging.getLogger().setLevel(self._root_level)
         _console_logger().removeHandler(self._file)
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as error:  # its last lines could not be flushed (a full disk)
+            self._file.note_failure(error)
         self._file = None

@@ -23,6 +23,7 @@ The run directory's layout is spelled in ``srgan_dist/rundir.py``.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -308,6 +309,13 @@ def fit_stages(
     except TrainingFailedError as error:
         log.info("Ray Train's error in full", exc_info=True)  # the log file's copy
         stage = failed_stage(cfg, run_dir)
+        failures = describe_failure(error)
+        full = [line.strip() for line in failures.splitlines() if os.strerror(errno.ENOSPC) in line]
+        if full:
+            raise RunError(
+                f"storage full while training stage {stage} ({full[0]}); nothing older was touched: "
+                f"{resume_point(run_dir, stage)}. Free space, then run the same command with --resume"
+            ) from error
         raise RunError(
             f"stage {stage} failed (train.max_failures={cfg.train.max_failures} restart(s) allowed):\n"
             + describe_failure(error)
@@ -414,23 +422,26 @@ def fit_interruptibly(trainer: Any) -> None:
 
 def stopped_message(cfg: Config, run_dir: RunDir) -> str:
     """Where a stopped run can go on from: the stage it was in and that stage's newest checkpoint."""
-    from srgan_dist.train.checkpoint import list_checkpoints
-
     if not run_dir.config_file.is_file():
         return "stopped before training started; nothing of the run was written"
     try:
         stage = failed_stage(cfg, run_dir)
-        newest = list_checkpoints(run_dir.location_of(run_dir.checkpoints(stage))) if stage else []
+        where = resume_point(run_dir, stage)
     except (StorageError, OSError) as error:
         return f"stopped; could not read the run's record ({error}); run the same command with --resume"
     if stage is None:
         return "stopped after the last stage had finished; nothing is left to train"
-    where = (
-        f"its newest checkpoint is step {int(newest[0].removeprefix('step-'))}"
-        if newest
-        else "it has no checkpoint yet (it restarts from its start)"
-    )
     return f"stopped during stage {stage}; {where}; run the same command with --resume to continue"
+
+
+def resume_point(run_dir: RunDir, stage: str | None) -> str:
+    """Where ``--resume`` continues ``stage`` from: its newest checkpoint folder, by name."""
+    from srgan_dist.train.checkpoint import list_checkpoints
+
+    newest = list_checkpoints(run_dir.location_of(run_dir.checkpoints(stage))) if stage else []
+    if not newest:
+        return "it has no checkpoint yet (it restarts from its start)"
+    return f"its newest checkpoint is step {int(newest[0].removeprefix('step-'))}"
 
 
 # ---------------------------------------------------------------------------------------------

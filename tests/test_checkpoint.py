@@ -209,3 +209,20 @@ def test_ray_checkpoint_list_is_forgotten_and_no_checkpoint_is_touched(tmp_path)
     assert not snapshot.exists()
     assert (run_dir.checkpoints("srresnet") / "step-00000002").is_dir()
     forget_ray_checkpoint_list(run_dir)  # none there: nothing to do
+
+
+def test_a_stage_whose_only_checkpoint_a_full_disk_cut_short_restarts_only_when_asked(tmp_path):
+    """After a full disk the only checkpoint's state.pt is cut short: ``--resume`` stops with one
+    line saying how to start the stage over, and ``train.on_unusable_checkpoints=restart`` does."""
+    run_dir = RunDir.of(tmp_path, "run")
+    stage_dir = run_dir.checkpoints("srresnet")
+    state = write(stage_dir, 4) / ckpt.STATE_FILE
+    state.write_bytes(state.read_bytes()[:100])
+    checkpoints = ckpt.StageCheckpoints(run_dir, "srresnet", Config().srresnet, "", 0, lambda *a: None)
+    with pytest.raises(ckpt.NoUsableCheckpoint, match=r"train\.on_unusable_checkpoints=restart") as error:
+        checkpoints.newest_good()
+    assert "\n" not in str(error.value) and "(truncated or changed)" in str(error.value)
+    assert checkpoints.newest_good(restart_if_unusable=True) is None
+    assert checkpoints.restart_note.startswith(f"no usable checkpoint in {stage_dir} (")
+    assert "training the stage from its start" in checkpoints.restart_note
+    assert (stage_dir / "step-00000004").is_dir()  # nothing is deleted

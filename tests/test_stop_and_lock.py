@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,9 +23,10 @@ from srgan_dist.run_lock import LOCK_FILE
 pytestmark = pytest.mark.slow
 
 
-def launch(overrides: list[str], *flags: str, tmp: Path) -> subprocess.Popen:
+def launch(overrides: list[str], *flags: str) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["RAY_TMPDIR"] = str(tmp)
+    # A short path of its own: Ray's socket paths under it must stay within 107 bytes.
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="srgan-ray-", dir="/tmp")
     command = [sys.executable, "launch.py", "--config", "configs/demo.yaml", *flags, *overrides]
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -44,7 +46,7 @@ def test_a_running_run_is_refused_to_a_second_driver_and_stops_on_sigterm_with_o
     overrides = tiny_overrides(
         photos, storage, "busy", "srresnet.iterations=100000", "train.stages=[srresnet]"
     )
-    first = launch(overrides, tmp=tmp_path_factory.mktemp("ray"))
+    first = launch(overrides)
     stage_dir = storage / "busy" / "busy-srresnet"
     deadline = time.monotonic() + 240
     while newest_checkpoint(stage_dir) < 4 and first.poll() is None and time.monotonic() < deadline:
@@ -83,7 +85,7 @@ def test_a_running_run_is_refused_to_a_second_driver_and_stops_on_sigterm_with_o
     # The same command with --resume continues from that checkpoint (a shorter stage, to end soon:
     # the schedule is frozen on resume, so the run is resumed with its own iteration count and
     # stopped by Ctrl-C once it has gone past the checkpoint).
-    again = launch(overrides, "--resume", tmp=tmp_path_factory.mktemp("ray"))
+    again = launch(overrides, "--resume")
     lines = []
     try:
         for line in again.stdout:

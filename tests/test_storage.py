@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,8 @@ from srgan_dist.train import checkpoint as ckpt
 pytestmark = pytest.mark.slow
 BUCKET = "runs"
 # What the shared run's environment holds as its secret: it must never reach a file of the run.
-SECRET = "not-a-real-secret-5d1f0c"
+# Made at run time: a literal would be found in the uploaded copy of this file.
+SECRET = f"not-a-real-secret-{uuid.uuid4().hex}"
 
 
 def test_uris_are_checked_and_joined_before_the_query():

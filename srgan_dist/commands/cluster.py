@@ -119,10 +119,20 @@ def job_server_errors(command):
         except Exception as error:
             if not isinstance(error, _job_server_error_types()):
                 raise
-            print(f"srgan-dist {args.command}: {error}", file=sys.stderr)
+            print(f"srgan-dist {args.command}: {one_line(error)}", file=sys.stderr)
             return 1
 
     return run
+
+
+def one_line(error: Exception) -> str:
+    """An error as one line: Ray's token refusal runs to a paragraph of advice; ours is the fix."""
+    from ray.exceptions import AuthenticationError
+
+    from srgan_dist.ray_session import TOKEN_FIX
+
+    first = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return f"{first}; {TOKEN_FIX}" if isinstance(error, AuthenticationError) else first
 
 
 def _job_server_error_types() -> tuple[type[Exception], ...]:

@@ -56,6 +56,14 @@ class CheckpointError(UserError):
     """A checkpoint folder that cannot be resumed from; the message names it."""
 
 
+class NoUsableCheckpoint(CheckpointError):
+    """A stage has checkpoint folders and none verifies and loads; the message lists why."""
+
+    def __init__(self, message: str, damaged: list[CheckpointError]) -> None:
+        super().__init__(message)
+        self.damaged = damaged
+
+
 def checkpoint_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
@@ -194,10 +202,12 @@ def load_newest_good(stage_dir: Path | str, stage: str) -> ResumePoint | None:
         except UnsafeObjectKey as error:  # a key planted in the bucket: damage, nothing written
             damaged.append(CheckpointError(str(error)))
     if damaged:
-        raise CheckpointError(
+        raise NoUsableCheckpoint(
             f"no usable checkpoint in {stage_dir}: "
             + "; ".join(str(error) for error in damaged)
-            + ". Move those folders elsewhere to train the stage from its start"
+            + ". Run again with --resume train.on_unusable_checkpoints=restart to train the stage from "
+            "its start (or move those folders elsewhere)",
+            damaged,
         )
     return None
 
@@ -222,13 +232,27 @@ class StageCheckpoints:
         self.rank, self.report = rank, report
         self.last_saved = -1
         """The step of the newest checkpoint on disk (saved or resumed from); -1 = none yet."""
+        self.restart_note = ""
+        """Why the stage starts over although it has checkpoints (see :meth:`newest_good`)."""
 
     def due(self, step: int) -> bool:
         return step % self.stage_cfg.checkpoint_interval == 0 and step < self.stage_cfg.iterations
 
-    def newest_good(self) -> ResumePoint | None:
-        """The stage's newest checkpoint that verifies and loads (``load_newest_good``)."""
-        point = load_newest_good(self.location, self.stage)
+    def newest_good(self, restart_if_unusable: bool = False) -> ResumePoint | None:
+        """The stage's newest checkpoint that verifies and loads (``load_newest_good``). When it
+        has checkpoints and none does: raise, or with ``restart_if_unusable`` return None (the
+        stage starts over) and keep why in :attr:`restart_note`."""
+        try:
+            point = load_newest_good(self.location, self.stage)
+        except NoUsableCheckpoint as error:
+            if not restart_if_unusable:
+                raise
+            self.restart_note = (
+                f"no usable checkpoint in {self.location} ("
+                + "; ".join(map(str, error.damaged))
+                + "): training the stage from its start (train.on_unusable_checkpoints=restart)"
+            )
+            return None
         if point is not None:
             self.last_saved = int(point.state["step"])
         return point

@@ -267,7 +267,8 @@ class StageTrainer:
 
         Raises ``CheckpointError`` when the stage has checkpoints but none verifies and loads.
         """
-        point = self.checkpoints.newest_good()
+        point = self.checkpoints.newest_good(self.cfg.train.on_unusable_checkpoints == "restart")
+        self.damage_note = self.checkpoints.restart_note
         if point is None and init_generator:
             load_handoff_generator(self.trainables.generator, init_generator, self.cfg)
         if self.cfg.train.ema_decay > 0:  # starts from the hand-off weights: the EMA carries over
