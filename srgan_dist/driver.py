@@ -314,7 +314,8 @@ def fit_stages(
         if full:
             raise RunError(
                 f"storage full while training stage {stage} ({full[0]}); nothing older was touched: "
-                f"{resume_point(run_dir, stage)}. Free space, then run the same command with --resume"
+                f"{resume_point(run_dir, stage)} (--resume skips it if the full disk cut it short). "
+                "Free space, then run the same command with --resume"
             ) from error
         raise RunError(
             f"stage {stage} failed (train.max_failures={cfg.train.max_failures} restart(s) allowed):\n"

@@ -135,3 +135,15 @@ def test_submitted_training_job_passes_verbose_and_names_the_log_file():
     )
     assert "--verbose" not in jobs.training_entrypoint(config="c.yaml", name="n", storage="/s")
     assert jobs.run_log_location("s3://bucket/runs/demo/") == "s3://bucket/runs/demo/train.log"
+
+
+def test_a_log_file_on_a_full_disk_is_said_once_without_tracebacks(capsys):
+    """/dev/full fails every write with ENOSPC, as a full storage folder does."""
+    with RunLog(Path("/dev/full"), verbose=False) as run_log:
+        for line in range(5):
+            say(f"line {line}")
+        run_log.worker_output(worker_lines(["a worker line"], False), print)
+    captured = capsys.readouterr()
+    assert captured.err.count("cannot write the run's log (No space left on device)") == 1
+    assert "Traceback" not in captured.err and "Logging error" not in captured.err
+    assert "line 4" in captured.out and "a worker line" in captured.out  # the console goes on
