@@ -105,3 +105,45 @@ def test_export_replaces_a_planted_link_instead_of_writing_through_it(tmp_path, 
     )
     assert victim.read_text() == "keep me"
     assert not (out / "g.pt").is_symlink() and (out / "g.pt").stat().st_size > 1000
+
+
+def test_more_workers_than_the_embedded_rays_machine_has_cores_is_refused_before_ray(capsys, tmp_path):
+    import os
+
+    argv = [
+        "train",
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        "--storage",
+        str(tmp_path),
+        "--workers",
+        "1000",
+    ]
+    assert main(argv) == 2
+    line = one_line(capsys.readouterr().err, "scaling.num_workers=1000", f"{os.cpu_count()} CPU core(s)")
+    assert "--address" in line
+    assert not list(tmp_path.iterdir())  # nothing of the run was written
+
+
+def test_a_resumed_run_whose_config_yaml_holds_a_python_tag_is_one_line(capsys, tmp_path):
+    run = tmp_path / "demo"
+    run.mkdir()
+    (run / "config.yaml").write_text(
+        to_yaml(Config()).replace("  loader: dali", "  loader: !!python/name:os.system", 1)
+    )
+    argv = [
+        "train",
+        "--config",
+        str(ROOT / "configs/demo.yaml"),
+        "--storage",
+        str(tmp_path),
+        "--name",
+        "demo",
+        "--resume",
+    ]
+    assert main(argv) == 2
+    one_line(
+        capsys.readouterr().err.replace(f"Full log: {run / 'train.log'}", "").strip(),
+        str(run / "config.yaml"),
+        "not valid YAML",
+    )
