@@ -328,11 +328,11 @@ def _dali_decode(path: str, *, fancy: bool):
 def measure_upscale(tiles: list[str], repeats: int = 3) -> dict:
     import numpy as np
     import torch
-    from srgan_dist.imageio import quantize
 
     from srgan_dist.data import load_rgb
     from srgan_dist.infer import DEFAULT_TILING, upscale_rgb
     from srgan_dist.models import Generator
+    from srgan_dist.pixels import quantize
 
     torch.manual_seed(0)
     model = Generator(num_blocks=16, channels=64, scale=4, norm="batch").eval()

@@ -135,3 +135,28 @@ def test_only_the_ray_session_resolves_addresses_probes_clusters_and_sizes_worke
         ]
     assert not strays, "\n".join(strays)
     assert "ray.train.ScalingConfig" in MODULES["ray_session"]  # the checker sees the real import
+
+
+def test_every_project_name_the_benchmarks_and_cluster_scripts_import_exists():
+    """Benchmarks and cluster scripts import inside functions that only a GPU or a cluster runs;
+    a renamed module or function must fail here, not on the first lent GPU."""
+    import importlib
+
+    missing = []
+    for path in sorted(
+        [*(PACKAGE.parent / "bench").glob("*.py"), *(PACKAGE.parent / "cluster").glob("*.py")]
+    ):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("srgan_dist"):
+                try:
+                    module = importlib.import_module(node.module)
+                except ImportError:
+                    missing.append(f"{path.name}:{node.lineno} {node.module}")
+                    continue
+                for alias in node.names:
+                    if not hasattr(module, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            missing.append(f"{path.name}:{node.lineno} {node.module}.{alias.name}")
+    assert not missing, missing
