@@ -111,6 +111,12 @@ def check_resume(saved: Config | None, cfg: Config, run_dir: RunDir) -> None:
             "\n  (the run trained with random VGG19 weights; pass loss.vgg_weights=random to continue "
             "it as it began, or start a new run for the ImageNet VGG)"
         )
+    elif cfg.loss.vgg_weights == "random" != saved.loss.vgg_weights:
+        hint = (
+            f"\n  (this machine cannot load the VGG19 weights the run names, {saved.loss.vgg_weights}, and "
+            "would fall back to random ones: put them in the torch hub cache or pass "
+            "loss.vgg_weights=PATH to the same weights)"
+        )
     raise RunError(
         f"--resume: a resumed run must train the same model with the same losses, EMA and "
         f"schedules as {run_dir.config_file}; changed:\n  " + "\n  ".join(changes) + hint

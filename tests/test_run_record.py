@@ -187,3 +187,15 @@ def test_the_saved_config_is_the_one_workers_train_with_and_a_random_vgg_run_res
     as_it_began = load_config(DEMO, ["loss.vgg_weights=random", "loss.vgg_random_fallback=true"])
     driver.check_resume(saved, driver.run_config(as_it_began), run_dir)
     driver.check_resume(None, driver.run_config(asked), run_dir)  # a new run: nothing to compare
+
+
+def test_a_run_with_imagenet_vgg_is_not_resumed_with_random_weights_on_a_machine_without_them(monkeypatch):
+    def load(weights, allow_random_fallback=False):
+        if weights == "imagenet":
+            raise VGGWeightsUnavailable("could not load torchvision VGG19 ImageNet weights (offline)")
+
+    monkeypatch.setattr("srgan_dist.vgg_weights.load_vgg19_features", load)
+    saved = load_config(DEMO, ["loss.vgg_weights=imagenet"])  # trained where the weights loaded
+    here = load_config(DEMO, ["loss.vgg_weights=imagenet", "loss.vgg_random_fallback=true"])
+    with pytest.raises(driver.RunError, match="cannot load the VGG19 weights the run names, imagenet"):
+        driver.check_resume(saved, driver.run_config(here), RunDir(Path("/runs/demo")))
