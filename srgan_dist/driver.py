@@ -316,10 +316,10 @@ def fit_stages(
         log.info("Ray Train's error in full", exc_info=True)  # the log file's copy
         stage = failed_stage(cfg, run_dir)
         failures = describe_failure(error)
-        full = [line.strip() for line in failures.splitlines() if os.strerror(errno.ENOSPC) in line]
+        full = storage_full(failures)
         if full:
             raise RunError(
-                f"storage full while training stage {stage} ({full[0]}); nothing older was touched: "
+                f"storage full while training stage {stage} ({full}); nothing older was touched: "
                 f"{resume_point(run_dir, stage)} (--resume skips it if the full disk cut it short). "
                 "Free space, then run the same command with --resume"
             ) from error
@@ -327,6 +327,12 @@ def fit_stages(
             f"stage {stage} failed (train.max_failures={cfg.train.max_failures} restart(s) allowed):\n"
             + describe_failure(error)
         ) from error
+
+
+def storage_full(failures: str) -> str | None:
+    """The first worker failure (``describe_failure``'s lines) that is a full disk, if any: a
+    restart cannot fix it, and the user needs one line, not every rank's."""
+    return next((line.strip() for line in failures.splitlines() if os.strerror(errno.ENOSPC) in line), None)
 
 
 def failed_stage(cfg: Config, run_dir: RunDir) -> str | None:

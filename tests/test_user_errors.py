@@ -147,3 +147,17 @@ def test_a_resumed_run_whose_config_yaml_holds_a_python_tag_is_one_line(capsys, 
         str(run / "config.yaml"),
         "not valid YAML",
     )
+
+
+def test_a_full_disk_among_the_workers_failures_is_picked_for_the_one_line():
+    from srgan_dist.driver import storage_full
+
+    failures = (
+        "  worker rank 0: stage srresnet, after step 20: OSError: [Errno 28] No space left on device\n"
+        "  worker rank 1: stage srresnet, after step 20: RuntimeError: connection reset"
+    )
+    assert (
+        storage_full(failures)
+        == "worker rank 0: stage srresnet, after step 20: OSError: [Errno 28] No space left on device"
+    )
+    assert storage_full("  worker rank 0: RuntimeError: boom") is None
