@@ -19,6 +19,9 @@ Where the lock lives decides how "create only if absent" is made atomic:
   server's clock (``Last-Modified`` against the response's ``Date``), so clock skew between
   machines does not matter. Endpoint and credentials come from the environment and the URI's
   ``endpoint_override`` / ``scheme`` / ``region``, as for the rest of the run.
+  An S3-compatible store must support conditional writes (AWS S3 and moto do; check MinIO's and
+  others' versions): one that rejects them stops the run at the lock with one line, one that
+  ignores them gives no protection.
 - ``gs://``: pyarrow has no conditional create, so the lock is written after checking that none
   is there: two drivers started within the same second can both pass. Said in the README.
 """
@@ -35,7 +38,6 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -208,57 +210,43 @@ class _S3Lock:
         self.key = f"{parts.path.strip('/')}/{LOCK_FILE}"
         self.uri, self.lease_s, self.etag = uri, lease_s, ""
 
-    def _failed(self, error: Exception, code: str) -> bool:
-        return getattr(error, "response", {}).get("Error", {}).get("Code") == code
-
-    def _put(self, me: Holder, **condition: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        try:
-            with self._storage_errors("writing the run lock to"):
-                answer = self.client.put_object(
-                    Bucket=self.bucket, Key=self.key, Body=me.to_bytes(), **condition
-                )
-        except StorageError as error:
-            if isinstance(error.__cause__, ClientError) and self._failed(
-                error.__cause__, "PreconditionFailed"
-            ):
-                return False
-            raise
-        self.etag = answer["ETag"]
-        return True
-
-    @contextlib.contextmanager
-    def _storage_errors(self, what: str) -> Iterator[None]:
+    def _request(self, what: str, method: Any, **arguments: Any) -> dict[str, Any] | None:
+        """One S3 request on the lock object; None when S3 answers that a condition did not hold
+        or the object is gone; any other failure is a ``StorageError`` naming ``what``."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            yield
-        except (BotoCoreError, ClientError) as error:
+            return method(Bucket=self.bucket, Key=self.key, **arguments)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "NoSuchKey"):
+                return None
+            raise StorageError(f"{what} {self.uri} failed: {error}") from error
+        except BotoCoreError as error:
             raise StorageError(f"{what} {self.uri} failed: {error}") from error
 
-    def acquire(self, me: Holder) -> None:
-        from botocore.exceptions import ClientError
+    def _put(self, me: Holder, **condition: str) -> bool:
+        answer = self._request(
+            "writing the run lock of", self.client.put_object, Body=me.to_bytes(), **condition
+        )
+        if answer is None:
+            return False
+        self.etag = answer["ETag"]
+        return True
 
+    def acquire(self, me: Holder) -> None:
         for _ in range(3):
             if self._put(me, IfNoneMatch="*"):
                 return
-            try:
-                with self._storage_errors("reading the run lock of"):
-                    answer = self.client.get_object(Bucket=self.bucket, Key=self.key)
-            except StorageError as error:
-                if isinstance(error.__cause__, ClientError) and self._failed(error.__cause__, "NoSuchKey"):
-                    continue  # released meanwhile
-                raise
+            answer = self._request("reading the run lock of", self.client.get_object)
+            if answer is None:
+                continue  # released meanwhile
             holder = Holder.from_bytes(answer["Body"].read())
             server_now = email.utils.parsedate_to_datetime(answer["ResponseMetadata"]["HTTPHeaders"]["date"])
             age_s = (server_now - answer["LastModified"]).total_seconds()
             if not stale(holder, age_s, self.lease_s):
                 raise RunLocked(locked_message(self.uri, holder, age_s, self.lease_s))
             log.warning(
-                "taking over the run lock of %s from %s (stale)",
-                self.uri,
-                holder.describe() if holder else "?",
+                "taking over the stale run lock of %s from %s", self.uri, holder.describe() if holder else "?"
             )
             if self._put(me, IfMatch=answer["ETag"]):
                 return
@@ -268,10 +256,8 @@ class _S3Lock:
         return self._put(me, IfMatch=self.etag)
 
     def release(self, me: Holder) -> None:
-        from botocore.exceptions import ClientError
-
-        with contextlib.suppress(ClientError):  # no longer ours, or gone: nothing to release
-            self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+        # Only while it is still ours (its ETag): a lock taken over meanwhile stays.
+        self._request("releasing the run lock of", self.client.delete_object, IfMatch=self.etag)
 
 
 class _UncheckedBucketLock:
