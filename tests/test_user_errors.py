@@ -110,19 +110,16 @@ def test_export_replaces_a_planted_link_instead_of_writing_through_it(tmp_path, 
 def test_more_workers_than_the_embedded_rays_machine_has_cores_is_refused_before_ray(capsys, tmp_path):
     import os
 
+    (tmp_path / "photos").mkdir()
+    storage = tmp_path / "runs"
     argv = [
-        "train",
-        "--config",
-        str(ROOT / "configs/demo.yaml"),
-        "--storage",
-        str(tmp_path),
-        "--workers",
-        "1000",
-    ]
+        "train", "--config", str(ROOT / "configs/demo.yaml"), "--storage", str(storage), "--workers", "1000",
+        f"data.train={tmp_path / 'photos'}", f"data.val={tmp_path / 'photos'}",
+    ]  # fmt: skip
     assert main(argv) == 2
     line = one_line(capsys.readouterr().err, "scaling.num_workers=1000", f"{os.cpu_count()} CPU core(s)")
     assert "--address" in line
-    assert not list(tmp_path.iterdir())  # nothing of the run was written
+    assert not storage.exists()  # nothing of the run was written
 
 
 def test_a_resumed_run_whose_config_yaml_holds_a_python_tag_is_one_line(capsys, tmp_path):
