@@ -325,7 +325,7 @@ def fit_stages(
             ) from error
         raise RunError(
             f"stage {stage} failed (train.max_failures={cfg.train.max_failures} restart(s) allowed):\n"
-            + describe_failure(error)
+            + failures
         ) from error
 
 
@@ -440,7 +440,7 @@ def stopped_message(cfg: Config, run_dir: RunDir) -> str:
     try:
         stage = failed_stage(cfg, run_dir)
         where = resume_point(run_dir, stage)
-    except (StorageError, OSError) as error:
+    except OSError as error:  # StorageError included
         return f"stopped; could not read the run's record ({error}); run the same command with --resume"
     if stage is None:
         return "stopped after the last stage had finished; nothing is left to train"

@@ -29,7 +29,7 @@ from typing import Any, ParamSpec, TextIO, TypeVar
 from srgan_dist.errors import UserError
 from srgan_dist.ray_session import ADDRESS_SOURCES, join_problem, resolve_address
 from srgan_dist.rundir import LOG_FILE, join_run_location
-from srgan_dist.storage import check_uri, is_uri
+from srgan_dist.storage import check_uri, is_uri, names_a_credential
 
 # Never uploaded with the working dir (gitignore-style, relative to it). Ray also honours the
 # project's .gitignore and a .rayignore.
@@ -173,23 +173,11 @@ def build_runtime_env(
     return runtime_env
 
 
-# Name parts (split at "_") and fragments that mark an environment variable as a credential.
-SECRET_NAME_PARTS = {"SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS", "PASSPHRASE"}
-SECRET_NAME_FRAGMENTS = ("ACCESS_KEY", "API_KEY", "PRIVATE_KEY", "SECRET")
-
-
-def _names_a_secret(name: str) -> bool:
-    upper = name.upper()
-    if upper.endswith(("_FILE", "_PATH", "_DIR")) or upper == "GOOGLE_APPLICATION_CREDENTIALS":
-        return False  # where credentials are (AWS_SHARED_CREDENTIALS_FILE), not the credentials
-    return bool(set(upper.split("_")) & SECRET_NAME_PARTS) or any(f in upper for f in SECRET_NAME_FRAGMENTS)
-
-
 def refuse_secret_env_vars(env_vars: dict[str, str]) -> None:
     """Refuse to hand a job a variable named like a credential: Ray writes a job's runtime env,
     values included, into ``runtime_env_agent.log`` on every node it runs on (0644 files), and
     into the job's entry in the dashboard. The message names the variables, never their values."""
-    secret = sorted(name for name in env_vars if _names_a_secret(name))
+    secret = sorted(name for name in env_vars if names_a_credential(name))
     if secret:
         raise JobError(
             f"--env / runtime env: {', '.join(secret)} look(s) like credentials, and Ray writes a job's "

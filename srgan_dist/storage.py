@@ -38,9 +38,11 @@ QUERY_PARAMETERS = {
     ),
     "gs": ("scheme", "endpoint_override", "project_id", "retry_limit_seconds"),
 }  # fmt: skip
-# Parameters that carry secrets, and words that mark one: refused (they would be written to disk).
-CREDENTIAL_PARAMETERS = ("access_key", "secret_key", "session_token", "access_token")
-SECRET_WORDS = ("secret", "token", "password", "credential", "access_key")
+# What marks a name (a URI's query parameter, a job's environment variable) as a credential: one
+# of these words between underscores, or one of these fragments anywhere. TOKENIZERS_PARALLELISM
+# is no credential, HF_TOKEN and session_token are.
+CREDENTIAL_WORDS = {"TOKEN", "CREDENTIAL", "CREDENTIALS"}
+CREDENTIAL_FRAGMENTS = ("SECRET", "PASSWORD", "PASSWD", "PASSPHRASE", "ACCESS_KEY", "API_KEY", "PRIVATE_KEY")
 CREDENTIALS_FROM_ENV = (
     "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS"
 )
@@ -82,7 +84,7 @@ def check_uri(uri: str, key: str = "run.storage") -> None:
             f"folder names, so give credentials through the environment instead ({CREDENTIALS_FROM_ENV})"
         )
     names = [name for name, _ in parse_qsl(parts.query, keep_blank_values=True)]
-    secrets = sorted({name for name in names if _looks_secret(name)})
+    secrets = sorted({name for name in names if names_a_credential(name)})
     if secrets:
         raise UserError(
             f"{key}: the URI carries credentials ({', '.join(secrets)}); it is written into config.yaml "
@@ -109,9 +111,16 @@ def check_uri(uri: str, key: str = "run.storage") -> None:
         )
 
 
-def _looks_secret(name: str) -> bool:
-    lowered = name.lower()
-    return lowered in CREDENTIAL_PARAMETERS or any(word in lowered for word in SECRET_WORDS)
+def names_a_credential(name: str) -> bool:
+    """Whether ``name`` (a query parameter, an environment variable) holds a credential. Names of
+    where credentials are kept (``*_FILE``, ``*_PATH``, ``*_DIR``, GOOGLE_APPLICATION_CREDENTIALS)
+    do not."""
+    upper = name.upper()
+    if upper.endswith(("_FILE", "_PATH", "_DIR")) or upper == "GOOGLE_APPLICATION_CREDENTIALS":
+        return False
+    return bool(set(upper.split("_")) & CREDENTIAL_WORDS) or any(
+        part in upper for part in CREDENTIAL_FRAGMENTS
+    )
 
 
 def _decoded(text: str) -> str:
