@@ -24,28 +24,17 @@ class StageTraits:
     """Trains a discriminator too (its checkpoints hold G, D and both Adam states)."""
     perceptual: bool
     """Its generator loss uses VGG19 features (``loss.vgg_weights`` must load)."""
-    description: str
-    """One line for docs and the doctor."""
 
 
 STAGES: dict[str, StageTraits] = {
-    "srresnet": StageTraits(
-        name="srresnet", adversarial=False, perceptual=False, description="generator on pixel MSE"
-    ),
-    "srgan": StageTraits(
-        name="srgan",
-        adversarial=True,
-        perceptual=True,
-        description="generator on VGG54 perceptual + adversarial loss, with a discriminator",
-    ),
+    # the generator on pixel MSE
+    "srresnet": StageTraits(name="srresnet", adversarial=False, perceptual=False),
+    # the generator on VGG54 perceptual + adversarial loss, against a discriminator
+    "srgan": StageTraits(name="srgan", adversarial=True, perceptual=True),
 }
 STAGE_NAMES: tuple[StageName, ...] = tuple(traits.name for traits in STAGES.values())
 # The final model of a run is the last stage it exported; later stages first.
 STAGES_LAST_FIRST: tuple[StageName, ...] = tuple(reversed(STAGE_NAMES))
-
-
-def traits(stage: str) -> StageTraits:
-    return STAGES[stage]
 
 
 def needs_vgg(stages: Iterable[str]) -> bool:
