@@ -98,9 +98,12 @@ class DataConfig:
     """Where HR photos come from and how bad files are treated."""
 
     train: str = ""
-    """Training HR images: a folder (searched recursively) or a text file with one path per line."""
+    """Training HR images: a folder (searched recursively), a text file with one path per line, or
+    a folder in object storage (``s3://bucket/prefix``, ``gs://...``; credentials from the
+    environment, as for ``run.storage``)."""
     val: str = ""
-    """Validation HR images (never trained on): a folder or a list file. Empty disables validation."""
+    """Validation HR images (never trained on): a folder, a list file or a folder URI. Empty
+    disables validation."""
     loader: Literal["dali", "pil"] = "dali"
     """``dali`` decodes and resizes with NVIDIA DALI (GPU when the worker has one); ``pil`` is the
     reference PIL + DataLoader path."""
@@ -119,7 +122,9 @@ class DataConfig:
     val_grid_crop: int = 128
     """Side, in HR pixels, of the centre crop each validation image contributes to the grid."""
     cache_dir: str = ""
-    """Where scan results are cached; empty means ``<storage>/<name>/.scan_cache``."""
+    """A folder on each node's local disk where workers keep the objects they read from
+    ``s3://`` / ``gs://`` data, so every epoch after the first reads local disk; empty reads the
+    bucket every time. (Scan results are kept next to the run, in ``.scan_cache/``.)"""
 
     def __post_init__(self) -> None:
         _require(self.num_threads >= 1, "data.num_threads", f"must be >= 1, got {self.num_threads}")
@@ -127,6 +132,10 @@ class DataConfig:
         _require(self.val_max_images >= 0, "data.val_max_images", "must be >= 0")
         _require(self.val_grid_images >= 0, "data.val_grid_images", "must be >= 0")
         _require(self.val_grid_crop > 0, "data.val_grid_crop", "must be > 0")
+        for key, value in (("data.train", self.train), ("data.val", self.val)):
+            if is_uri(value):
+                check_uri(value, key=key)
+        _require(not is_uri(self.cache_dir), "data.cache_dir", "must be a local folder on each node")
 
 
 @dataclass(kw_only=True)

@@ -42,6 +42,7 @@ from srgan_dist.config import (
     to_yaml,
 )
 from srgan_dist.console import RunLog, say
+from srgan_dist.data.scan import ConvertedCopies
 from srgan_dist.errors import UserError
 from srgan_dist.ray_session import (
     connect_ray,
@@ -65,7 +66,7 @@ from srgan_dist.run_record import (
 )
 from srgan_dist.rundir import RunDir
 from srgan_dist.stages import needs_vgg
-from srgan_dist.storage import StorageError
+from srgan_dist.storage import StorageError, file_info, is_uri
 
 log = logging.getLogger(__name__)
 
@@ -124,29 +125,45 @@ def check_resume(saved: Config | None, cfg: Config, run_dir: RunDir) -> None:
 
 
 def scan_data(cfg: Config, run_dir: RunDir) -> tuple[list[str], list[str]]:
-    """Validate every training and validation image; return the usable (train, val) paths."""
+    """Validate every training and validation image; return the usable (train, val) paths or URIs.
+
+    The scan cache lives next to the run (``.scan_cache/``): for a run in object storage it is
+    fetched from there first and uploaded after, so a restart or ``--resume`` on any machine
+    probes only new or changed files; converted copies are uploaded there for the workers."""
     from srgan_dist.data import scan_images
+    from srgan_dist.data.scan import cache_file_name
     from srgan_dist.data.scoring import min_scoring_side
 
     if not cfg.data.train:
         raise ConfigError(
             "data.train: not set; give a folder or list file, e.g. data.train=/data/DIV2K_train_HR"
         )
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir.scan_cache
+    cache_dir = run_dir.scan_cache
+    sources = [cfg.data.train] + ([cfg.data.val] if cfg.data.val else [])
+    for source in sources:
+        run_dir.pull(cache_dir / cache_file_name(source))
+
+    def scan(source: str, role: str, min_side: int):
+        result = scan_images(
+            source,
+            role=role,
+            min_side=min_side,
+            data_cfg=cfg.data,
+            cache_dir=cache_dir,
+            copies=RunCopies(run_dir),
+        )
+        run_dir.push(cache_dir / cache_file_name(source))
+        return result
+
     min_patch = max(cfg.stage(name).hr_patch_size for name in cfg.train.stages)
-    train = scan_images(
-        cfg.data.train, role="data.train", min_side=min_patch, data_cfg=cfg.data, cache_dir=cache_dir
-    )
+    train = scan(cfg.data.train, "data.train", min_patch)
     val_files: list[str] = []
     if cfg.data.val:
-        min_val = min_scoring_side(cfg.model.scale)
-        val = scan_images(
-            cfg.data.val, role="data.val", min_side=min_val, data_cfg=cfg.data, cache_dir=cache_dir
-        )
+        val = scan(cfg.data.val, "data.val", min_scoring_side(cfg.model.scale))
         val_files = sorted(val.files)
         if cfg.data.val_max_images:
             val_files = val_files[: cfg.data.val_max_images]
-        overlap = set(map(os.path.realpath, train.files)) & set(map(os.path.realpath, val_files))
+        overlap = set(map(_same_file, train.files)) & set(map(_same_file, val_files))
         if overlap:
             raise ConfigError(
                 f"data.val: {len(overlap)} validation image(s) are also training images, e.g. {sorted(overlap)[0]}"
@@ -154,6 +171,29 @@ def scan_data(cfg: Config, run_dir: RunDir) -> tuple[list[str], list[str]]:
     else:
         log.warning("data.val is not set: no validation PSNR/SSIM, image grids or summary numbers")
     return list(train.files), val_files
+
+
+class RunCopies(ConvertedCopies):
+    """Converted copies kept in the run directory, uploaded there for a run in object storage."""
+
+    def __init__(self, run_dir: RunDir):
+        self.run_dir = run_dir
+
+    def has(self, path: Path) -> bool:
+        return path.is_file() or (
+            self.run_dir.uri is not None and bool(file_info(str(self.run_dir.location_of(path))))
+        )
+
+    def keep(self, path: Path) -> None:
+        self.run_dir.push(path)
+
+    def location(self, path: Path) -> str:
+        return str(self.run_dir.location_of(path))
+
+
+def _same_file(location: str) -> str:
+    """What identifies a training or validation image: its real path, or its URI."""
+    return location.partition("?")[0] if is_uri(location) else os.path.realpath(location)
 
 
 def check_vgg(cfg: Config) -> str:

@@ -20,6 +20,7 @@ Pillow reads 16-bit PNG/TIFF grayscale at full depth (modes ``I;16*``, ``I``); i
 from __future__ import annotations
 
 import contextlib
+import io
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from srgan_dist import storage
 from srgan_dist.atomic import atomic_path
 from srgan_dist.errors import UserError
 from srgan_dist.pixels import quantize
@@ -79,8 +81,10 @@ def _named_read_errors(path: str | Path) -> Iterator[None]:
 
 
 def decode_upright(path: str | Path) -> Image.Image:
-    """``path`` fully decoded with its EXIF orientation applied; Pillow's errors pass through."""
-    with Image.open(path) as opened:
+    """``path`` (a file, or an ``s3://`` / ``gs://`` object read whole) fully decoded with its
+    EXIF orientation applied; Pillow's and the storage's errors pass through."""
+    source = io.BytesIO(storage.read_bytes(str(path))) if storage.is_uri(path) else path
+    with Image.open(source) as opened:
         image = ImageOps.exif_transpose(opened)
         image.load()
     return image

@@ -17,7 +17,7 @@ Everything a run writes, and everything that reads a finished run, names files t
       <stage>/nonfinite.json           why a stage stopped on a non-finite loss (only then)
       <stage>/error.json               why a stage could not start (only then; see train/loop.py)
       generator_<stage>.safetensors    the stage's generator (+ generator_<stage>.json sidecar)
-      .scan_cache/                     pre-flight scan results (unless data.cache_dir is set)
+      .scan_cache/                     pre-flight scan results and converted copies (data/scan.py)
 
 This module is plain path logic (no torch, no Ray) so the CLI, the job client and the workers
 all agree on names without importing each other.

@@ -18,12 +18,15 @@ logs. Every storage failure is a :class:`StorageError` naming the operation and 
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from srgan_dist import atomic
 from srgan_dist.errors import UserError
@@ -49,11 +52,13 @@ CREDENTIALS_FROM_ENV = (
 WRITE_CHECK_FILE = ".srgan-dist-write-check"
 COPY_CHUNK_BYTES = 64 * 2**20  # Ray Train's for checkpoints; each read of an S3 file is one request
 # What to check, for the errors a user meets first (pyarrow's AWS error names).
+CREDENTIALS_HINT = (
+    "check the credentials in the environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+)
 HINTS = (
-    (
-        "ACCESS_DENIED",
-        "check the credentials in the environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE",
-    ),
+    ("ACCESS_DENIED", CREDENTIALS_HINT),
+    ("INVALID_ACCESS_KEY_ID", CREDENTIALS_HINT),
+    ("SIGNATURE_DOES_NOT_MATCH", CREDENTIALS_HINT),
     ("NETWORK_CONNECTION", "is the storage endpoint up? AWS_ENDPOINT_URL or ?endpoint_override= names it"),
 )
 
@@ -190,13 +195,49 @@ def _operation(what: str, uri: str) -> Iterator[None]:
         ) from error
 
 
+# What a filesystem object takes from the environment when it is made: a cached one is reused
+# only while these are unchanged (their values are hashed, never kept or shown).
+FILESYSTEM_ENVIRONMENT = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One object found by :func:`list_files`: its URI (the listed URI's query kept), size and
+    modification time (what decides whether it changed)."""
+
+    uri: str
+    size: int
+    mtime_ns: int
+
+
 def open_uri(uri: str):  # -> tuple[pyarrow.fs.FileSystem, str]
-    """The pyarrow filesystem and the path on it that ``uri`` names."""
+    """The pyarrow filesystem and the path on it that ``uri`` names.
+
+    Filesystems are made once per bucket, query and credentials environment: making an S3 one
+    costs ~2 ms, which a scan of 100,000 objects would pay per object."""
+    check_uri(uri)
+    parts = urlsplit(uri)
+    environment = hashlib.sha256(
+        "\0".join(os.environ.get(name, "") for name in FILESYSTEM_ENVIRONMENT).encode()
+    ).hexdigest()
+    with _operation("opening", uri):
+        filesystem = _filesystem(
+            f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" * bool(parts.query)), environment
+        )
+    bucket = parts.netloc.rpartition("@")[2]
+    return filesystem, f"{bucket}/{unquote(parts.path).strip('/')}".rstrip("/")
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(bucket_uri: str, environment: str):  # -> pyarrow.fs.FileSystem
+    """The filesystem of one bucket URI (``environment`` only keys the cache)."""
     import pyarrow.fs
 
-    check_uri(uri)
-    with _operation("opening", uri):
-        return pyarrow.fs.FileSystem.from_uri(uri)
+    return pyarrow.fs.FileSystem.from_uri(bucket_uri)[0]
 
 
 def _info(uri: str):  # -> pyarrow.fs.FileInfo
@@ -223,6 +264,29 @@ def read_bytes(uri: str) -> bytes:
     fs, path = open_uri(uri)
     with _operation("reading", uri), fs.open_input_stream(path) as stream:
         return stream.read()
+
+
+def read_range(uri: str, offset: int, length: int) -> bytes:
+    """``length`` bytes of the object at ``uri`` from ``offset`` (one ranged GET)."""
+    fs, path = open_uri(uri)
+    with _operation("reading", uri), fs.open_input_file(path) as handle:
+        return handle.read_at(length, offset)
+
+
+def list_files(uri: str) -> list[ObjectInfo]:
+    """Every object under the folder ``uri`` (recursive, sorted by URI; [] when there is none).
+    Each key is checked (:func:`check_key`): a URI built from it names an object in the folder."""
+    import pyarrow.fs
+
+    fs, path = open_uri(uri)
+    with _operation("listing", uri):
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True))
+    found = [
+        ObjectInfo(join(uri, quote(check_key(info.path, path))), info.size, info.mtime_ns or 0)
+        for info in infos
+        if info.type == pyarrow.fs.FileType.File
+    ]
+    return sorted(found, key=lambda info: info.uri)
 
 
 def write_bytes(uri: str, data: bytes) -> None:

@@ -309,7 +309,7 @@ def test_resolve_paths(tmp_path: Path) -> None:
     assert resolved.data.train == str((tmp_path / "photos" / "train").resolve())
     assert Path(resolved.data.train).is_absolute()
     assert resolved.data.val == "/abs/val"
-    assert resolved.data.cache_dir == ""  # empty means "derive from storage", keep it empty
+    assert resolved.data.cache_dir == ""  # empty means "no node-local cache", keep it empty
     assert resolved.run.storage == "s3://bucket/runs"
     assert resolved.loss.vgg_weights == str((tmp_path / "weights" / "vgg19.pth").resolve())
     assert cfg.data.train == "photos/train"  # the input is not mutated

@@ -487,7 +487,7 @@ def test_mixed_decoder_uses_libjpeg_fancy_upsampling():
     # ...and the training graph passes it: serialize() needs no GPU.
     graph = {
         device: sr_train_pipeline(
-            path_batches=iter(()), decode_device=device, scale=4, hr_patch_size=16,
+            input_batches=iter(()), reads_files=True, decode_device=device, scale=4, hr_patch_size=16,
             batch_size=2, num_threads=1, device_id=None,
         ).serialize()
         for device in ("mixed", "cpu")

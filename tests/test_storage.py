@@ -153,6 +153,16 @@ def photos(tmp_path_factory) -> dict[str, Path]:
     return training_photos(tmp_path_factory)
 
 
+def bucket_photos(server: S3Server, photos: dict[str, Path]) -> dict[str, str]:
+    """``photos`` uploaded to ``s3://runs/data/``: the runs here train on data in the bucket (the
+    endpoint comes from the environment, as on AWS or MinIO)."""
+    for split in ("train", "val"):
+        for file in sorted(photos[split].iterdir()):
+            with server.filesystem().open_output_stream(f"{BUCKET}/data/{split}/{file.name}") as stream:
+                stream.write(file.read_bytes())
+    return {split: f"s3://{BUCKET}/data/{split}" for split in ("train", "val")}
+
+
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch) -> Path:
     """Each test's working copies in a fresh cache: whatever it reads comes from the server."""
@@ -171,7 +181,11 @@ def cloud_run(s3_server, photos, tmp_path_factory) -> dict:
     marker = tmp_path_factory.mktemp("died") / "died-once"
     hooks = {"die": {"stage": "srresnet", "step": 5, "rank": 1, "marker": str(marker)}}
     overrides = tiny_overrides(
-        photos, Path("unused"), "full", "srgan.lr=1e-12", "srresnet.checkpoint_interval=3"
+        bucket_photos(s3_server, photos),
+        Path("unused"),
+        "full",
+        "srgan.lr=1e-12",
+        "srresnet.checkpoint_interval=3",
     )
     overrides = [o for o in overrides if not o.startswith("run.storage=")] + [f"run.storage={storage_uri}"]
     env = {
@@ -232,6 +246,8 @@ def test_a_two_stage_run_writes_its_whole_run_directory_to_the_bucket(s3_server,
     assert summary["stages"]["srgan"]["steps"] == 4 and summary["stages"]["srgan"]["workers"] == 2
     saved = yaml.safe_load(s3_server.read(f"{cloud_run['prefix']}/config.yaml"))
     assert saved["run"]["storage"] == "s3://runs/shared"
+    assert saved["data"]["train"] == f"s3://{BUCKET}/data/train" and saved["data"]["loader"] == "dali"
+    assert "Data: 6 training image(s), 2 validation image(s)" in cloud_run["stdout"]
     # The console names the URI; the credentials are nowhere in what the run wrote.
     assert f"Run directory: {cloud_run['uri']}" in cloud_run["stdout"].splitlines()
     assert f"TensorBoard:   srgan-dist tensorboard {cloud_run['uri']}" in cloud_run["stdout"]
@@ -459,7 +475,11 @@ def test_a_two_stage_job_spreads_over_both_nodes_and_trains_into_the_bucket(
     """``srgan-dist submit --storage s3://... --workers 2 --wait`` with SPREAD placement: a worker on
     each node; the job's driver and its workers reach the bucket with the credentials the job is
     given (a real cluster's nodes have their own); the followed log is the driver's console."""
-    cfg = tiny_config(photos, tmp_path, "job", "scaling.placement_strategy=SPREAD")
+    # Data in the bucket too, read by the PIL loader through a node-local cache (data.cache_dir).
+    cfg = tiny_config(
+        bucket_photos(s3_server, photos), tmp_path, "job", "scaling.placement_strategy=SPREAD",
+        "data.loader=pil", f"data.cache_dir={tmp_path / 'node-cache'}",
+    )  # fmt: skip
     config = tmp_path / "job.yaml"
     config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     storage_uri = f"s3://{BUCKET}/cluster"
@@ -501,3 +521,4 @@ def test_a_two_stage_job_spreads_over_both_nodes_and_trains_into_the_bucket(
         assert any(key.startswith(f"tensorboard/{stage}/events.out.tfevents.") for key in keys), stage
     summary = json.loads(s3_server.read("cluster/job/summary.json"))
     assert summary["stages"]["srresnet"]["workers"] == 2 and summary["stages"]["srgan"]["steps"] == 4
+    assert len(list((tmp_path / "node-cache").rglob("*.png"))) == 6  # each training object, once

@@ -33,21 +33,20 @@ def decoder_kwargs(decode_device: str) -> dict:
     return kwargs
 
 
-def encode_paths(paths: list[str]) -> list[np.ndarray]:
-    """Paths as the 1-D uint8 arrays ``fn.io.file.read`` takes (its documented encoding)."""
-    return [np.frombuffer(path.encode("utf-8"), dtype=np.uint8) for path in paths]
-
-
 @pipeline_def(enable_conditionals=True)
 def sr_train_pipeline(
     *,
-    path_batches: Iterator[list[np.ndarray]],
+    input_batches: Iterator[list[np.ndarray]],
+    reads_files: bool,
     decode_device: str,
     scale: int,
     hr_patch_size: int,
 ):
-    paths = fn.external_source(source=path_batches, batch=True, dtype=types.UINT8, ndim=1)
-    encoded = fn.io.file.read(paths)
+    """``input_batches`` gives each batch's file paths (or ``s3://`` URIs), which
+    ``fn.io.file.read`` reads when ``reads_files``, else their encoded bytes
+    (``srgan_dist.data.objects.DaliFiles``)."""
+    inputs = fn.external_source(source=input_batches, batch=True, dtype=types.UINT8, ndim=1)
+    encoded = fn.io.file.read(inputs) if reads_files else inputs
     # ROI decode: libjpeg-turbo / nvJPEG decode little more than the crop of a JPEG.
     hr = fn.decoders.image_crop(
         encoded,

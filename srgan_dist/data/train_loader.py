@@ -41,6 +41,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from srgan_dist.data.objects import DaliFiles, ObjectCache
 from srgan_dist.data.resize import bicubic_downscale
 from srgan_dist.data.scan import DataError
 from srgan_dist.pictures import load_rgb
@@ -88,18 +89,21 @@ def augment_pair(hr_image: np.ndarray, *, scale: int, hr_patch_size: int, rng: n
 
 
 class _PilPairs(torch.utils.data.Dataset):
-    """Map-style dataset: item ``(file_index, sample_seed)`` → (LR CHW in [0,1], HR CHW in [-1,1])."""
+    """Map-style dataset: item ``(file_index, sample_seed)`` → (LR CHW in [0,1], HR CHW in [-1,1]).
+    Files may be object URIs (read whole, or from ``cache``'s node-local copies)."""
 
-    def __init__(self, files: list[str], scale: int, hr_patch_size: int):
+    def __init__(self, files: list[str], scale: int, hr_patch_size: int, cache: ObjectCache | None):
         self.files, self.scale, self.hr_patch_size = files, scale, hr_patch_size
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, item: tuple[int, int]):
         index, sample_seed = item
+        file = self.files[index]
         lr, hr = augment_pair(
-            load_rgb(self.files[index]),
+            load_rgb(self.cache.local(file) if self.cache else file),
             scale=self.scale,
             hr_patch_size=self.hr_patch_size,
             rng=np.random.default_rng(sample_seed),
@@ -155,6 +159,8 @@ class LoaderPlan:
     num_threads: int
     start_epoch: int
     start_position: int
+    cache_dir: str = ""
+    """``data.cache_dir``: the node-local copy of objects read from a bucket (empty: none)."""
 
     def sampler(self) -> EndlessBatches:
         return EndlessBatches(
@@ -170,7 +176,12 @@ class LoaderPlan:
 
 def _pil_batches(plan: LoaderPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     loader = torch.utils.data.DataLoader(
-        _PilPairs(plan.files, plan.scale, plan.hr_patch_size),
+        _PilPairs(
+            plan.files,
+            plan.scale,
+            plan.hr_patch_size,
+            ObjectCache(plan.cache_dir) if plan.cache_dir else None,
+        ),
         batch_sampler=plan.sampler(),
         num_workers=plan.num_threads,
         pin_memory=plan.device.type == "cuda",
@@ -183,16 +194,18 @@ def _pil_batches(plan: LoaderPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]
 def _dali_batches(plan: LoaderPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-    from srgan_dist.data.dali_pipeline import encode_paths, sr_train_pipeline
+    from srgan_dist.data.dali_pipeline import sr_train_pipeline
 
     device = plan.device
     on_gpu = device.type == "cuda"
     device_id = (
         (device.index if device.index is not None else torch.cuda.current_device()) if on_gpu else None
     )
-    path_batches = (encode_paths([plan.files[index] for index, _ in batch]) for batch in plan.sampler())
+    inputs = DaliFiles(plan.files, cache_dir=plan.cache_dir, num_threads=plan.num_threads)
+    input_batches = (inputs.batch([plan.files[index] for index, _ in batch]) for batch in plan.sampler())
     pipe = sr_train_pipeline(
-        path_batches=path_batches,
+        input_batches=input_batches,
+        reads_files=inputs.reads_files,
         decode_device="mixed" if on_gpu else "cpu",
         scale=plan.scale,
         hr_patch_size=plan.hr_patch_size,
@@ -276,6 +289,7 @@ def build_train_loader(
     num_threads: int,
     start_epoch: int = 0,
     start_position: int = 0,
+    cache_dir: str = "",
 ) -> TrainLoader:
     """The training batches of rank ``rank`` of ``world_size`` (see the module docstring)."""
     if not files:
@@ -316,6 +330,7 @@ def build_train_loader(
         num_threads=num_threads,
         start_epoch=start_epoch,
         start_position=start_position,
+        cache_dir=cache_dir,
     )
     batches = _dali_batches(plan) if loader == "dali" else _pil_batches(plan)
     where = f"{'GPU decode' if device.type == 'cuda' and loader == 'dali' else 'CPU decode'} on {device}"

@@ -349,6 +349,7 @@ class StageTrainer:
             num_threads=cfg.data.num_threads,
             start_epoch=self.data_state["epoch"],
             start_position=self.data_state["position"],
+            cache_dir=cfg.data.cache_dir,
         )
 
     def _make_validator(self) -> Validator:
