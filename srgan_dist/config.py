@@ -185,7 +185,8 @@ class LossConfig:
     """Weight of -log D(G(LR)) in the SRGAN generator loss (paper: 1e-3)."""
     vgg_weights: str = "imagenet"
     """``imagenet`` (torchvision weights, downloaded once into the torch hub cache), a path to a
-    local ``vgg19`` state dict, or ``random`` (offline tests only; logged loudly)."""
+    local ``vgg19`` state dict, an ``s3://`` / ``gs://`` URI of one (each node downloads it once),
+    or ``random`` (offline tests only; logged loudly)."""
     vgg_random_fallback: bool = False
     """If ``imagenet`` weights cannot be had (no internet), fall back to random init with a loud
     warning instead of stopping. Only sensible for demos and tests."""
@@ -200,6 +201,8 @@ class LossConfig:
             value = getattr(self, key)
             _require(math.isfinite(value) and value >= 0, f"loss.{key}", f"must be >= 0, got {value}")
         _require(self.vgg_weights != "", "loss.vgg_weights", "must be 'imagenet', 'random' or a path")
+        if is_uri(self.vgg_weights):
+            check_uri(self.vgg_weights, key="loss.vgg_weights")
 
 
 @dataclass(kw_only=True)

@@ -173,9 +173,27 @@ def working_copy(uri: str) -> Path:
     """The local folder that mirrors ``uri`` on this machine (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
     check_uri(uri)  # no credentials in the folder's name, no '..' out of the cache
     parts = urlsplit(uri)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srgan-dist" / "runs"
     bucket = parts.netloc.rpartition("@")[2]
-    return cache / parts.scheme / bucket / parts.path.strip("/")
+    return cache_folder("runs") / parts.scheme / bucket / parts.path.strip("/")
+
+
+def cache_folder(kind: str) -> Path:
+    """This machine's cache of ``kind`` (``runs``, ``vgg``): under ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "srgan-dist" / kind
+
+
+def cached_copy(uri: str, kind: str) -> Path:
+    """A local copy of the file at ``uri`` in this machine's cache of ``kind``, downloaded once
+    per version of the object (its size and modification time name the copy)."""
+    info = file_info(uri)
+    if info is None:
+        raise StorageError(f"reading {uri} failed: no such object")
+    bare = uri.partition("?")[0]
+    key = hashlib.sha256(f"{bare}|{info.size}|{info.mtime_ns}".encode()).hexdigest()[:16]
+    path = cache_folder(kind) / f"{key}-{name_of(uri)}"
+    if not path.is_file() and not download(uri, path):
+        raise StorageError(f"reading {uri} failed: no such object")
+    return path
 
 
 @contextlib.contextmanager

@@ -1,8 +1,9 @@
 """VGG19 weights for the perceptual loss: where they come from (``loss.vgg_weights``).
 
 ``"imagenet"`` loads torchvision's ``VGG19_Weights.IMAGENET1K_V1`` (downloaded once into the torch
-hub cache), a path loads a local ``torchvision.models.vgg19`` state dict, ``"random"`` keeps random
-init. Anything but real ImageNet weights makes the perceptual loss a different loss, so it is
+hub cache), a path loads a local ``torchvision.models.vgg19`` state dict, an ``s3://`` / ``gs://``
+URI the same file from object storage (downloaded once per node into ``~/.cache/srgan-dist/vgg``,
+so nodes need no copy of their own), ``"random"`` keeps random init. Anything but real ImageNet weights makes the perceptual loss a different loss, so it is
 logged as a warning every time. The architecture is ``srgan_dist.models.vgg`` (no I/O there).
 """
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from srgan_dist import storage
 from srgan_dist.errors import UserError, torch_load_problem
 from srgan_dist.models.vgg import vgg19_features
 
@@ -47,14 +49,17 @@ def load_vgg19_features(weights: str, allow_random_fallback: bool = False) -> nn
                 error,
             )
             return vgg19_features()
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"loss.vgg_weights: {path} does not exist")
+    if storage.is_uri(weights):
+        path = storage.cached_copy(weights, "vgg")
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"loss.vgg_weights: {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises UnpicklingError/RuntimeError/EOFError on a bad file
         raise UserError(
-            f"loss.vgg_weights: {path} is not a readable torch state dict: {torch_load_problem(error)}"
+            f"loss.vgg_weights: {weights} is not a readable torch state dict: {torch_load_problem(error)}"
         ) from None
     from torchvision.models import vgg19
 
@@ -64,7 +69,7 @@ def load_vgg19_features(weights: str, allow_random_fallback: bool = False) -> nn
         return _features_from_state(state)
     except (RuntimeError, TypeError, AttributeError) as error:  # TypeError: not a mapping
         raise UserError(
-            f"loss.vgg_weights: {path} is not a torchvision vgg19 state dict ({torch_load_problem(error)})"
+            f"loss.vgg_weights: {weights} is not a torchvision vgg19 state dict ({torch_load_problem(error)})"
         ) from None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +18,7 @@ import pytest
 import torch
 from conftest import write_photos
 from PIL import Image
-from test_storage import BUCKET
-from test_storage import s3_server as s3_server_fixture  # noqa: F401 - registers the S3 server fixture
+from test_storage import BUCKET, s3_server  # noqa: F401 - the S3 server fixture
 from test_training import tiny_config
 
 from srgan_dist import storage
@@ -26,6 +26,7 @@ from srgan_dist.data import build_train_loader
 from srgan_dist.data.objects import dali_s3_environment
 from srgan_dist.data.scan import DataError
 from srgan_dist.driver import run_dir_of, run_training, scan_data
+from srgan_dist.errors import UserError
 from srgan_dist.storage import StorageError
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,7 @@ def local_data(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def bucket_data(s3_server, local_data) -> dict[str, str]:
+def bucket_data(s3_server, local_data) -> dict[str, str]:  # noqa: F811
     """``local_data`` in the bucket, as URIs naming the endpoint (no environment needed)."""
     for split in ("train", "val"):
         upload_folder(s3_server.filesystem(), local_data[split], f"{BUCKET}/data/{split}")
@@ -95,7 +96,7 @@ def config(data: dict, storage_location: str, name: str, *overrides: str):
 
 
 def test_a_bucket_folder_is_scanned_once_and_a_restart_elsewhere_probes_no_object(
-    s3_server,
+    s3_server,  # noqa: F811
     bucket_data,
     local_data,
     tmp_path,
@@ -135,7 +136,7 @@ def test_a_bucket_folder_is_scanned_once_and_a_restart_elsewhere_probes_no_objec
 
 
 def test_bad_objects_a_missing_prefix_and_refused_credentials_stop_preflight_naming_the_uri(
-    s3_server,
+    s3_server,  # noqa: F811
     bucket_data,
     local_data,
     tmp_path,
@@ -193,7 +194,7 @@ def first_batches(
 
 @pytest.mark.parametrize("loader", ["dali", "pil"])
 def test_both_loaders_read_bucket_objects_as_they_read_local_files(
-    s3_server,
+    s3_server,  # noqa: F811
     bucket_data,
     local_data,
     tmp_path,
@@ -271,3 +272,39 @@ def test_gs_data_is_scanned_and_read_by_both_loaders(gcs, local_data, tmp_path, 
         assert all(torch.equal(a, b) for a, b in zip(first_batches(uris, loader), expected, strict=True)), (
             loader
         )
+
+
+def test_vgg_weights_from_a_uri_are_downloaded_once_per_node(
+    s3_server,  # noqa: F811
+    tmp_path,
+    aws_credentials,
+    monkeypatch,
+):
+    """``loss.vgg_weights=s3://...``: a torchvision vgg19 state dict in the bucket (each tensor a
+    broadcast view of one value, so the file is a few KB), loaded on every node from one
+    download; a damaged object is named by its URI."""
+    from torchvision.models import vgg19
+
+    from srgan_dist.vgg_weights import load_vgg19_features
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with torch.device("meta"):
+        shapes = {name: tensor.shape for name, tensor in vgg19(weights=None).state_dict().items()}
+    state = {name: torch.full((1,), 0.25).expand(shape) for name, shape in shapes.items()}
+    weights = tmp_path / "vgg19.pth"
+    torch.save(state, weights)
+    with s3_server.filesystem().open_output_stream(f"{BUCKET}/weights/vgg19.pth") as stream:
+        stream.write(weights.read_bytes())
+    uri = s3_server.uri("weights/vgg19.pth")
+    with object_reads(tmp_path) as reads:
+        features = load_vgg19_features(uri)
+        load_vgg19_features(uri)
+    assert torch.all(features[0].weight == 0.25)
+    assert reads == [f"{BUCKET}/weights/vgg19.pth"]  # the second load read the node's copy
+
+    with s3_server.filesystem().open_output_stream(f"{BUCKET}/weights/vgg19.pth") as stream:
+        stream.write(weights.read_bytes()[:100])
+    with pytest.raises(
+        UserError, match=rf"loss.vgg_weights: {re.escape(uri)} is not a readable torch state dict"
+    ):
+        load_vgg19_features(uri)
