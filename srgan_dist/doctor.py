@@ -31,7 +31,7 @@ from srgan_dist.config import Config
 from srgan_dist.errors import UserError
 from srgan_dist.ray_session import fewest_workers, scaling_config, use_gpu, workers_text
 from srgan_dist.stages import needs_vgg
-from srgan_dist.storage import StorageError, check_writable, is_uri, join
+from srgan_dist.storage import StorageError, check_writable, is_uri, join, read_range
 
 Status = Literal["PASS", "WARN", "FAIL"]
 Outcome = tuple[Status, str, str]  # status, reason, fix: what a node-side check returns
@@ -140,6 +140,24 @@ class NodeProbe:
         parent = os.path.dirname(directory)
         if os.path.isdir(parent) and not os.listdir(parent):
             os.rmdir(parent)
+
+    def read_data(self, role: str, source: str) -> Outcome:
+        """List ``source`` (a folder, list file or folder URI) and read the first bytes of its
+        first file, as this node's training loader would."""
+        from srgan_dist.data.scan import DataError, list_source
+
+        try:
+            files = list_source(source, role=role)
+            if not files:
+                return "FAIL", f"{role}: {source} holds no files", ""
+            if is_uri(files[0]):
+                read_range(files[0], 0, 16)
+            else:
+                with open(files[0], "rb") as file:
+                    file.read(16)
+        except (DataError, OSError) as error:
+            return "FAIL", _one_line(error), ""
+        return "PASS", f"{role}: listed {len(files)} file(s) in {source}, read {files[0]}", ""
 
     def load_vgg(self, weights: str, random_fallback: bool) -> Outcome:
         import torch
@@ -312,6 +330,7 @@ class Doctor:
             self.check_versions(probes)
             self.check_gpus(nodes, pinned)
             self.check_storage(probes)
+            self.check_data(probes)
             self.check_vgg(probes)
             self.check_all_reduce(fits)
         finally:
@@ -488,6 +507,28 @@ class Doctor:
                 self.say(
                     "PASS", "storage-shared", reader.label, f"sees the probe files of {others} other node(s)"
                 )
+
+    def check_data(self, probes: dict[Node, Any]) -> None:
+        """Every node lists and reads ``data.train`` and ``data.val`` (a shared folder, or a bucket
+        through the node's own credentials)."""
+        data = self.cfg.data
+        for role, source in (("data.train", data.train), ("data.val", data.val)):
+            if not source:
+                continue
+            fix = (
+                "give every node credentials for the bucket (instance role, service account or "
+                "AWS_* / GOOGLE_APPLICATION_CREDENTIALS on the node)"
+                if is_uri(source)
+                else f"mount {source} at the same path on every node (or put the data in a bucket)"
+            )
+            results = self.gather(
+                {node: probe.read_data.remote(role, source) for node, probe in probes.items()}
+            )
+            for node, (outcome, error) in results.items():
+                if error is not None:
+                    self.say("FAIL", "data", node.label, error, fix)
+                else:
+                    self.say(outcome[0], "data", node.label, outcome[1], fix if outcome[0] == "FAIL" else "")
 
     def check_vgg(self, probes: dict[Node, Any]) -> None:
         loss = self.cfg.loss

@@ -308,3 +308,23 @@ def test_vgg_weights_from_a_uri_are_downloaded_once_per_node(
         UserError, match=rf"loss.vgg_weights: {re.escape(uri)} is not a readable torch state dict"
     ):
         load_vgg19_features(uri)
+
+
+def test_doctor_lists_and_reads_the_data_from_a_node(
+    s3_server,  # noqa: F811
+    bucket_data,
+    tmp_path,
+    aws_credentials,
+    monkeypatch,
+):
+    """What ``srgan-dist doctor`` runs on every node for ``data.train`` / ``data.val``."""
+    from srgan_dist.doctor import NodeProbe
+
+    status, reason, _ = NodeProbe().read_data("data.train", bucket_data["train"])
+    assert status == "PASS" and reason.startswith(f"data.train: listed 6 file(s) in {bucket_data['train']}")
+    status, reason, _ = NodeProbe().read_data("data.val", str(tmp_path / "not-mounted-here"))
+    assert status == "FAIL" and f"data.val: {tmp_path / 'not-mounted-here'} is neither" in reason
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+    with s3_server.authentication():
+        status, reason, _ = NodeProbe().read_data("data.train", bucket_data["train"])
+    assert status == "FAIL" and reason.startswith(f"listing {bucket_data['train']} failed")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import RAY_BIN, LocalCluster, local_cluster
+from conftest import RAY_BIN, LocalCluster, local_cluster, write_photos
 from PIL import Image
 
 from srgan_dist.doctor import CheckLine, NodeProbe
@@ -98,10 +98,12 @@ def cluster(two_node_cluster) -> LocalCluster:
 def test_doctor_passes_on_a_healthy_cluster_through_the_job_server(cluster, tmp_path):
     storage = tmp_path / "runs"
     storage.mkdir()
+    write_photos(tmp_path / "train", 2, (64, 64))
     # cluster.env has RAY_ADDRESS=http://...: doctor submits itself as a job.
     result = cluster.cli(
-        "doctor", "--config", "configs/demo.yaml", "--storage", str(storage), "train.stages=[srresnet]"
-    )
+        "doctor", "--config", "configs/demo.yaml", "--storage", str(storage), "train.stages=[srresnet]",
+        f"data.train={tmp_path / 'train'}", "data.val=",
+    )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "doctor runs as job doctor-" in output and "ended: SUCCEEDED" in output
@@ -112,6 +114,8 @@ def test_doctor_passes_on_a_healthy_cluster_through_the_job_server(cluster, tmp_
     assert re.search(r"^PASS workers cluster scaling.num_workers=2 ", output, re.MULTILINE)
     assert re.search(r"^PASS all-reduce cluster 2 workers \(gloo, nodes \w+,\w+\): all-reduce", output, re.M)
     assert re.search(r"^PASS vgg cluster not needed", output, re.MULTILINE)
+    assert statuses(output, "data") == ["PASS", "PASS"]  # each node lists and reads data.train
+    assert f"data.train: listed 2 file(s) in {tmp_path / 'train'}" in output
     assert not (storage / ".doctor").exists()  # cleaned up
 
 
