@@ -169,12 +169,13 @@ def name_of(uri: str) -> str:
     return uri.partition("?")[0].rstrip("/").rpartition("/")[2]
 
 
-def working_copy(uri: str) -> Path:
-    """The local folder that mirrors ``uri`` on this machine (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+def working_copy(uri: str, kind: str = "runs") -> Path:
+    """The local folder that mirrors ``uri`` on this machine, in its cache of ``kind``
+    (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
     check_uri(uri)  # no credentials in the folder's name, no '..' out of the cache
     parts = urlsplit(uri)
     bucket = parts.netloc.rpartition("@")[2]
-    return cache_folder("runs") / parts.scheme / bucket / parts.path.strip("/")
+    return cache_folder(kind) / parts.scheme / bucket / parts.path.strip("/")
 
 
 def cache_folder(kind: str) -> Path:

@@ -328,3 +328,41 @@ def test_doctor_lists_and_reads_the_data_from_a_node(
     with s3_server.authentication():
         status, reason, _ = NodeProbe().read_data("data.train", bucket_data["train"])
     assert status == "FAIL" and reason.startswith(f"listing {bucket_data['train']} failed")
+
+
+def test_prepare_reads_from_a_bucket_writes_to_one_and_resumes(
+    s3_server,  # noqa: F811
+    bucket_data,
+    tmp_path,
+    aws_credentials,
+    monkeypatch,
+    capsys,
+):
+    from srgan_dist.cli import main
+    from srgan_dist.config import DataConfig
+    from srgan_dist.data import scan_images
+    from srgan_dist.data.prepare import prepare_subimages
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = s3_server.uri("prepared")
+    arguments = ["--tile", "48", "--step", "24", "--min-side", "32", "--workers", "1", "--no-progress"]
+    assert main(["prepare", bucket_data["train"], out, *arguments]) == 0
+    assert f"24 sub-images in {out}" in capsys.readouterr().out  # 6 photos of 64 px: 2x2 tiles each
+    keys = s3_server.keys("prepared")
+    assert len([key for key in keys if key.endswith(".jpg")]) == 24 and "train__" not in str(keys)
+    assert {"manifest.jsonl", "prepare.json", "gray_s004.jpg"} <= keys
+    assert not list((tmp_path / "cache").rglob("*.jpg"))  # uploaded, then removed from staging
+
+    # A second run resumes everything from the manifest in the bucket and reads no image.
+    with object_reads(tmp_path / "recording") as reads:
+        report = prepare_subimages(
+            bucket_data["train"], out, tile=48, step=24, workers=1, min_side=32, progress=False,
+            data_cfg=DataConfig(on_bad_file="skip", num_threads=1),
+        )  # fmt: skip
+    assert report.resumed_sources == 6 and report.written_sources == 0 and report.tiles == 24
+    assert sorted(reads) == [f"{BUCKET}/prepared/manifest.jsonl", f"{BUCKET}/prepared/prepare.json"]
+    # The bucket folder is a training source as it is (manifest and parameters passed over).
+    scanned = scan_images(
+        out, role="data.train", min_side=48, data_cfg=DataConfig(), cache_dir=tmp_path / "c"
+    )
+    assert len(scanned.files) == 24 and not scanned.skipped

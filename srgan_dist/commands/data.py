@@ -12,14 +12,18 @@ def register(subparsers) -> None:
         "prepare",
         help="Cut large HR photos into sub-images for fast loading",
         description=(
-            "Scan SRC (a folder or a list file of HR photos), then cut every usable image into "
+            "Scan SRC (a folder, a list file of HR photos, or an s3:// / gs:// folder), then cut every usable image into "
             "overlapping sub-images in OUT (BasicSR style), with OUT/manifest.jsonl. Resumable: "
             "re-running skips images already done. Bad files are listed (and skipped unless "
             "--on-bad-file error)."
         ),
     )
-    parser.add_argument("src", metavar="SRC", help="folder (recursive) or list file of HR images")
-    parser.add_argument("out", metavar="OUT", help="output folder for the sub-images")
+    parser.add_argument(
+        "src", metavar="SRC", help="folder (recursive), list file or s3:// / gs:// folder of HR images"
+    )
+    parser.add_argument(
+        "out", metavar="OUT", help="output folder (or s3:// / gs:// folder) for the sub-images"
+    )
     parser.add_argument("--tile", type=int, default=480, help="sub-image side in px (default 480)")
     parser.add_argument("--step", type=int, default=240, help="distance between tiles in px (default 240)")
     parser.add_argument(
@@ -54,8 +58,10 @@ def register(subparsers) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     from srgan_dist.config import DataConfig
-    from srgan_dist.data.prepare import prepare_subimages
-    from srgan_dist.data.scan import DataError
+    from srgan_dist.data.prepare import MANIFEST_FILE, prepare_subimages
+    from srgan_dist.errors import UserError
+    from srgan_dist.rundir import join_run_location as join_location
+    from srgan_dist.storage import StorageError
 
     data_cfg = DataConfig(on_bad_file=args.on_bad_file, verify=args.verify, num_threads=max(1, args.workers))
     try:
@@ -71,7 +77,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             data_cfg=data_cfg,
             progress=not args.no_progress,
         )
-    except DataError as error:
+    except (UserError, StorageError) as error:
         print(f"srgan-dist prepare: {error}", file=sys.stderr)
         return 1
     for path, reason in report.skipped:
@@ -81,7 +87,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     print(
         f"prepare: {report.written_sources} image(s) cut now, {report.resumed_sources} already done, "
         f"{len(report.skipped)} skipped; {report.tiles} sub-images in {args.out} "
-        f"(manifest: {os.path.join(args.out, 'manifest.jsonl')})"
+        f"(manifest: {join_location(args.out, MANIFEST_FILE)})"
     )
     return 0
 
