@@ -19,9 +19,10 @@ import torch
 from conftest import write_photos
 from PIL import Image
 from test_storage import BUCKET, s3_server  # noqa: F401 - the S3 server fixture
-from test_training import tiny_config
+from test_training import ROOT, tiny_config
 
 from srgan_dist import storage
+from srgan_dist.config import load_config
 from srgan_dist.data import build_train_loader
 from srgan_dist.data.objects import dali_s3_environment
 from srgan_dist.data.scan import DataError
@@ -366,3 +367,52 @@ def test_prepare_reads_from_a_bucket_writes_to_one_and_resumes(
         out, role="data.train", min_side=48, data_cfg=DataConfig(), cache_dir=tmp_path / "c"
     )
     assert len(scanned.files) == 24 and not scanned.skipped
+
+
+def test_a_run_with_data_and_run_directory_in_gs_trains_and_is_found_again(
+    gcs, local_data, tmp_path, monkeypatch, capsys
+):
+    """``gs://`` end to end: the data and the run directory in fake-gcs-server, Ray Train's
+    checkpoints written there, DALI fed the objects' bytes; a second start finds the finished
+    stage there and trains nothing."""
+    from test_storage import run_driver
+
+    filesystem, _ = storage.open_uri(gcs)
+    upload_folder(filesystem, local_data["train"], "data/gs-run/train")
+    upload_folder(filesystem, local_data["val"], "data/gs-run/val")
+    data = {split: storage.join(gcs, "gs-run", split) for split in ("train", "val")}
+    runs = storage.join(gcs, "runs")
+    overrides = [
+        *(f"data.{split}={uri}" for split, uri in data.items()),
+        f"run.storage={runs}", "run.name=gs", "train.stages=[srresnet]", "scaling.num_workers=1",
+        "model.num_blocks=1", "model.channels=8", "data.val_grid_crop=32", "data.val_grid_images=2",
+        "srresnet.iterations=4", "srresnet.batch_size=2", "srresnet.hr_patch_size=32",
+        "srresnet.log_interval=2", "srresnet.val_interval=4", "srresnet.checkpoint_interval=2",
+        "srresnet.lr_milestones=[]",
+    ]  # fmt: skip
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    code, stdout, stderr, _ = run_driver(overrides, env)
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    assert "Data: 6 training image(s), 2 validation image(s)" in stdout
+    run_uri = storage.join(runs, "gs")
+    assert (
+        f"Stage srresnet: done, exported {storage.join(run_uri, 'generator_srresnet.safetensors')}" in stdout
+    )
+    keys = {
+        info.uri.partition("?")[0].removeprefix(run_uri.partition("?")[0] + "/")
+        for info in storage.list_files(run_uri)
+    }
+    assert {
+        "config.yaml",
+        "summary.json",
+        "gs-srresnet/step-00000004/manifest.json",
+        "generator_srresnet.safetensors",
+    } <= keys
+    assert any(key.startswith(".scan_cache/converted/") for key in keys)  # the grayscale photo
+    assert any(key.startswith("tensorboard/srresnet/events.out.tfevents.") for key in keys)
+
+    # Another machine (an empty cache) resumes it: the stage is finished there, nothing to train.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "another-machine"))
+    summary = run_training(load_config(ROOT / "configs" / "demo.yaml", overrides), resume=True)
+    assert summary["stages"]["srresnet"]["steps"] == 4
+    assert "Stage srresnet: already finished, skipping" in capsys.readouterr().out
