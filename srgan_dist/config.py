@@ -329,6 +329,25 @@ class ScalingConfig:
 
 
 @dataclass(kw_only=True)
+class MonitorConfig:
+    """TensorBoard events of a run in cloud storage."""
+
+    upload_interval_s: float = 30.0
+    """Upload rank 0's new TensorBoard events at most this often while training, and always at
+    validation, checkpoints and the stage's end (a crash loses at most this much of the curves
+    after the last upload). Each upload closes the events file and uploads only files that are
+    new, so the bytes uploaded stay the size of ``tensorboard/``; a shorter interval makes more,
+    smaller files."""
+
+    def __post_init__(self) -> None:
+        _require(
+            math.isfinite(self.upload_interval_s) and self.upload_interval_s > 0,
+            "monitor.upload_interval_s",
+            f"must be > 0 seconds, got {self.upload_interval_s}",
+        )
+
+
+@dataclass(kw_only=True)
 class RunConfig:
     """Where the run lives."""
 
@@ -376,6 +395,7 @@ class Config:
     )
     train: TrainConfig = field(default_factory=TrainConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:

@@ -543,7 +543,10 @@ def _preflight_and_train(
             say(f"Data: {len(train_files)} training image(s), {len(val_files)} validation image(s)")
             say(f"Run directory: {run_dir.location}")
             if run_dir.uri:
-                say(f"TensorBoard:   srgan-dist tensorboard {run_dir.uri}   (events upload at each log step)")
+                say(
+                    f"TensorBoard:   srgan-dist tensorboard {run_dir.uri}   (live; events upload every "
+                    f"{cfg.monitor.upload_interval_s:g}s and at each validation and checkpoint)"
+                )
             else:
                 say(
                     f"TensorBoard:   tensorboard --logdir {run_dir.tensorboard_root}   "

@@ -63,8 +63,33 @@ class NullMonitor:
     def message(self, text: str) -> None:
         pass
 
+    def upload_events(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+class EventUploads:
+    """What of a TensorBoard folder is in cloud storage: each file's (size, mtime) when uploaded."""
+
+    def __init__(self, log_dir: Path, upload: Callable[[Path], None]) -> None:
+        self.log_dir = log_dir
+        self.upload = upload
+        self.uploaded: dict[Path, tuple[int, int]] = {}
+
+    def push_changed(self) -> int:
+        """Upload every file that is new or changed since its last upload, oldest name first (the
+        order TensorBoard reads a run's files in); return the bytes uploaded."""
+        sent = 0
+        for path in sorted(p for p in self.log_dir.rglob("*") if p.is_file()):
+            info = path.stat()
+            version = (info.st_size, info.st_mtime_ns)
+            if self.uploaded.get(path) != version:
+                self.upload(path)
+                self.uploaded[path] = version
+                sent += info.st_size
+        return sent
 
 
 class Monitor(NullMonitor):
@@ -72,7 +97,18 @@ class Monitor(NullMonitor):
 
     ``start_step`` is the step training resumes from: TensorBoard is told to purge anything an
     earlier attempt logged after it, so curves never show a rewound or duplicated stretch.
-    ``on_flush`` runs after each flush (a run in cloud storage uploads the events then).
+
+    With ``upload`` (a run in cloud storage: it copies one file there) the events go up at most
+    every ``upload_interval_s`` seconds as they are written, whenever :meth:`upload_events` is
+    called (validation, checkpoints), and when the monitor closes. Object stores cannot append,
+    so each upload closes the events file, uploads the files that are new since the last one and
+    writes on in a new file: every file goes up once, closed, and the bytes uploaded over a stage
+    equal the final size of its folder.
+
+    A closed file is renamed ``events.out.tfevents.<second>.<host>.<pid>.0-<n>`` (``n`` counts
+    the stage's files). TensorBoard reads a run's files in name order; the writer's own names end
+    in a process-wide counter that is not zero-padded, so two files opened within one second
+    would sort ``...10`` before ``...9``, and TensorBoard would skip the older one.
     """
 
     def __init__(
@@ -81,22 +117,56 @@ class Monitor(NullMonitor):
         stage: str,
         total_steps: int,
         start_step: int,
-        on_flush: Callable[[], None] = lambda: None,
+        upload: Callable[[Path], None] | None = None,
+        upload_interval_s: float = 30.0,
     ) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # imported on rank 0 only
-
         self.stage = stage
         self.total_steps = total_steps
         self.start_step = start_step
         self.started = time.perf_counter()
         self.last_val: tuple[float, float] | None = None  # (model, bicubic) PSNR of the last validation
         self.console = console_logger()
-        self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None)
-        self.on_flush = on_flush
+        self.log_dir = log_dir
+        self.purge_step = start_step + 1 if start_step else None  # in the attempt's first file only
+        self.uploads = EventUploads(log_dir, upload) if upload is not None else None
+        self.upload_interval_s = upload_interval_s
+        self.last_upload = time.monotonic()
+        self.unsent = False  # events written since the last upload
+        self.files_closed = 0
+        self.writer = self._open_events_file()
+
+    def _open_events_file(self):  # -> SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # imported on rank 0 only
+
+        before = set(self.log_dir.iterdir())
+        writer = SummaryWriter(str(self.log_dir), purge_step=self.purge_step)
+        (self.events_file,) = set(self.log_dir.iterdir()) - before  # the writer makes its file at once
+        self.purge_step = None
+        return writer
+
+    def _close_events_file(self) -> None:
+        """Close the events file and give it its final name (see the class docstring)."""
+        self.writer.close()
+        head, _, _ = self.events_file.name.rpartition(".")
+        self.events_file.rename(self.log_dir / f"{head}.0-{self.files_closed:06d}")
+        self.files_closed += 1
 
     def flush(self) -> None:
         self.writer.flush()
-        self.on_flush()
+        self.unsent = True
+        if self.uploads is not None and time.monotonic() - self.last_upload >= self.upload_interval_s:
+            self.upload_events()
+
+    def upload_events(self) -> None:
+        """Upload the events written since the last upload, in a file of their own (nothing for
+        a local run, or when nothing was written)."""
+        if self.uploads is None or not self.unsent:
+            return
+        self._close_events_file()
+        self.uploads.push_changed()
+        self.writer = self._open_events_file()
+        self.last_upload = time.monotonic()
+        self.unsent = False
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         for tag, value in values.items():
@@ -134,8 +204,12 @@ class Monitor(NullMonitor):
         self.console.info("[%s] %s", self.stage, text)
 
     def close(self) -> None:
-        self.writer.close()
-        self.on_flush()
+        """Close the events file and upload what is not uploaded yet (the stage's end)."""
+        if self.uploads is None:
+            self.writer.close()
+            return
+        self._close_events_file()
+        self.uploads.push_changed()
 
 
 def make_monitor(
@@ -144,10 +218,11 @@ def make_monitor(
     stage: str,
     total_steps: int,
     start_step: int,
-    on_flush: Callable[[], None] = lambda: None,
+    upload: Callable[[Path], None] | None = None,
+    upload_interval_s: float = 30.0,
 ) -> NullMonitor:
     """A ``Monitor`` on rank 0, a ``NullMonitor`` on every other rank."""
     if rank != 0:
         return NullMonitor()
     log_dir.mkdir(parents=True, exist_ok=True)
-    return Monitor(log_dir, stage, total_steps, start_step, on_flush)
+    return Monitor(log_dir, stage, total_steps, start_step, upload, upload_interval_s)

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -171,7 +172,8 @@ def name_of(uri: str) -> str:
 
 def working_copy(uri: str, kind: str = "runs") -> Path:
     """The local folder that mirrors ``uri`` on this machine, in its cache of ``kind``
-    (``$XDG_CACHE_HOME`` or ``~/.cache``)."""
+    (:func:`cache_folder`): ``runs`` for run directories, ``tensorboard`` for the copies
+    ``srgan-dist tensorboard`` keeps in step with a bucket, ``prepare`` for ``prepare``'s staging."""
     check_uri(uri)  # no credentials in the folder's name, no '..' out of the cache
     parts = urlsplit(uri)
     bucket = parts.netloc.rpartition("@")[2]
@@ -378,6 +380,100 @@ def download(uri: str, local: Path) -> bool:
     if not files:
         local.mkdir(parents=True, exist_ok=True)
     return True
+
+
+INCOMING_DIR = ".incoming"
+"""Where :func:`follow_folder` downloads a new file before renaming it into place: outside every
+sub-folder, under a name without ``tfevents``, so a TensorBoard reading the copy never sees half
+a file."""
+
+
+def follow_folder(uri: str, local: Path, held: dict[str, int]) -> int:
+    """Bring ``local`` up to date with the folder at ``uri``, whose files only ever grow
+    (TensorBoard event files); return the bytes read.
+
+    ``held`` maps each file's path under ``local`` to the bytes this copy holds of it; the caller
+    keeps it between calls (a file not in it is taken from ``local`` as an earlier call left it).
+    A file the copy holds whole costs nothing but its line in the listing; a file that grew gets
+    only its new bytes (ranged reads) appended; a new file, or one that got shorter (replaced), is
+    downloaded whole into :data:`INCOMING_DIR` and renamed into place. Every key is checked
+    (:func:`check_key`) before anything is written, and an append never follows a symlink.
+    """
+    import pyarrow.fs
+
+    fs, path = open_uri(uri)
+    with _operation("listing", uri):
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True, allow_not_found=True))
+    files = sorted(
+        (check_key(info.path, path), info.path, info.size)
+        for info in infos
+        if info.type == pyarrow.fs.FileType.File
+    )
+    local = Path(local)
+    fetched = 0
+    for relative, key, size in files:
+        target = local / relative
+        have = held[relative] if relative in held else _regular_file_size(target)
+        if have == size:
+            held[relative] = size
+            continue
+        with _operation(f"downloading to {target} from", join(uri, relative)):
+            if have is not None and have < size and _append_range(fs, key, target, have, size):
+                fetched += size - have
+            else:
+                _download_new(fs, key, target, local / INCOMING_DIR)
+                fetched += size
+        held[relative] = size
+    return fetched
+
+
+def _regular_file_size(path: Path) -> int | None:
+    """The size of the regular file at ``path`` (not following a symlink), else None."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _append_range(fs, key: str, target: Path, start: int, end: int) -> bool:
+    """Append bytes ``[start, end)`` of object ``key`` to ``target``; False (nothing written)
+    unless ``target`` is a regular file, not a symlink, of exactly ``start`` bytes."""
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    with os.fdopen(fd, "ab") as out:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != start:
+            return False
+        with fs.open_input_file(key) as source:
+            for offset in range(start, end, COPY_CHUNK_BYTES):
+                chunk = source.read_at(min(COPY_CHUNK_BYTES, end - offset), offset)
+                if not chunk:
+                    raise StorageError(f"object {key!r} ended at byte {offset} while {end} were listed")
+                out.write(chunk)
+    return True
+
+
+def _download_new(fs, key: str, target: Path, incoming: Path) -> None:
+    """Download object ``key`` whole under a temporary name in ``incoming``, then rename it onto
+    ``target`` (a symlink there is replaced, not followed)."""
+    import pyarrow.fs
+
+    incoming.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=incoming)
+    os.close(fd)
+    try:
+        pyarrow.fs.copy_files(
+            key, name, fs, pyarrow.fs.LocalFileSystem(), chunk_size=COPY_CHUNK_BYTES, use_threads=False
+        )
+        os.chmod(name, 0o644)
+        os.replace(name, target)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
 
 
 def delete(uri: str) -> None:

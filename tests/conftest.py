@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -313,3 +314,114 @@ def two_node_cluster() -> Iterator[LocalCluster]:
     seconds. Tests that take a node down bring it back."""
     with local_cluster(gcs_port=6590, dashboard_port=8565, auth="token") as running:
         yield running
+
+
+# ---------------------------------------------------------------------------------------------
+# moto's S3 server on 127.0.0.1 that counts what goes over the wire: the bytes of every object
+# body it receives (PUT, multipart parts) and sends (GET), per object path. Tests of "only new
+# bytes" count on the server, not in the code under test. bench/tensorboard_uploads.py uses it too.
+
+
+class S3Traffic:
+    """WSGI middleware around moto's app: body bytes received and sent per ``/bucket/key`` path."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.lock = threading.Lock()
+        self.received: dict[str, int] = {}
+        self.sent: dict[str, int] = {}
+        self.puts: dict[str, int] = {}
+
+    def __call__(self, environ, start_response):
+        path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
+        if method in ("PUT", "POST"):
+            # aws-chunked uploads carry chunk signatures: count the object's own bytes
+            length = environ.get("HTTP_X_AMZ_DECODED_CONTENT_LENGTH") or environ.get("CONTENT_LENGTH") or 0
+            with self.lock:
+                self.received[path] = self.received.get(path, 0) + int(length)
+                self.puts[path] = self.puts.get(path, 0) + (method == "PUT")
+        body = self.app(environ, start_response)
+        if method != "GET":
+            return body
+        chunks = list(body)
+        with self.lock:
+            self.sent[path] = self.sent.get(path, 0) + sum(len(chunk) for chunk in chunks)
+        return chunks
+
+    def _total(self, table: dict[str, int], prefix: str) -> int:
+        with self.lock:
+            return sum(count for path, count in table.items() if path.startswith(prefix))
+
+    def received_under(self, prefix: str) -> int:
+        """Body bytes received for objects whose path starts with ``/<prefix>``."""
+        return self._total(self.received, "/" + prefix)
+
+    def sent_under(self, prefix: str) -> int:
+        """Body bytes sent (GET) for objects whose path starts with ``/<prefix>``."""
+        return self._total(self.sent, "/" + prefix)
+
+    def puts_under(self, prefix: str) -> int:
+        return self._total(self.puts, "/" + prefix)
+
+
+class CountingS3Server:
+    """moto's S3 app behind :class:`S3Traffic`, served by werkzeug on a thread (as moto's
+    ``ThreadedMotoServer`` serves it) on 127.0.0.1 and a free port."""
+
+    def __init__(self, bucket: str) -> None:
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+        self.bucket = bucket
+        self.traffic = S3Traffic(DomainDispatcherApplication(create_backend_app))
+        self.server = make_server(
+            "127.0.0.1", 0, self.traffic, threaded=True, request_handler=MotoRequestHandler
+        )
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.endpoint = f"127.0.0.1:{self.server.server_port}"
+        self.filesystem().create_dir(bucket)
+
+    def uri(self, path: str) -> str:
+        """``s3://<bucket>/<path>`` on this server, the endpoint in the URI (no environment needed)."""
+        return f"s3://{self.bucket}/{path}?endpoint_override={self.endpoint}&scheme=http"
+
+    def filesystem(self):  # -> pyarrow.fs.S3FileSystem
+        import pyarrow.fs
+
+        return pyarrow.fs.S3FileSystem(
+            endpoint_override=self.endpoint,
+            scheme="http",
+            access_key="test",
+            secret_key="test",
+            allow_bucket_creation=True,
+        )
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """``{key relative to <bucket>/<prefix>: size}`` of every object under it."""
+        import pyarrow.fs
+
+        base = f"{self.bucket}/{prefix.strip('/')}"
+        selector = pyarrow.fs.FileSelector(base, recursive=True, allow_not_found=True)
+        return {
+            info.path.removeprefix(base + "/"): info.size
+            for info in self.filesystem().get_file_info(selector)
+            if info.type == pyarrow.fs.FileType.File
+        }
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join()
+
+
+@pytest.fixture(scope="session")
+def counting_s3() -> Iterator[CountingS3Server]:
+    """One counting S3 server for the session (bucket ``counted``; it takes any credentials)."""
+    server = CountingS3Server("counted")
+    yield server
+    server.stop()

@@ -31,7 +31,8 @@ import pyarrow.fs
 import pytest
 import yaml
 from conftest import fault_plan, training_photos
-from test_training import RAY_NOISE, ROOT, scalars, steps_per_event_file, tiny_config, tiny_overrides
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from test_training import RAY_NOISE, ROOT, scalars, tiny_config, tiny_overrides
 
 from srgan_dist import cli, jobs, storage
 from srgan_dist.commands.tensorboard import download_events
@@ -295,11 +296,11 @@ def test_upscale_evaluate_and_export_read_the_weights_from_the_uri(
 
 
 def test_tensorboard_events_are_readable_from_the_uri(cloud_run, endpoint_env):
-    run_dir = download_events(cloud_run["uri"])
-    events = scalars(run_dir / "tensorboard" / "srresnet")
+    logdir = download_events(cloud_run["uri"])  # both attempts, each in several files
+    events = scalars(logdir / "srresnet")
     assert [e.step for e in events.Scalars("loss/content")] == [1, 2, 3, 4, 5, 6]
     assert [e.step for e in events.Scalars("val/psnr")] == [3, 6]
-    assert len(scalars(run_dir / "tensorboard" / "srgan").Scalars("loss/adversarial")) == 4
+    assert len(scalars(logdir / "srgan").Scalars("loss/adversarial")) == 4
 
 
 def test_a_driver_rerun_reads_the_run_from_the_bucket(cloud_run, photos, endpoint_env, capsys):
@@ -366,9 +367,8 @@ def test_a_dying_worker_resumed_from_the_checkpoint_in_the_bucket(s3_server, clo
     keys = s3_server.keys(cloud_run["prefix"])
     assert {"full-srresnet/step-00000003/manifest.json", "full-srresnet/step-00000006/manifest.json"} <= keys
     # Both attempts' TensorBoard events are in the bucket, each uploaded up to its last log step.
-    run_dir = download_events(cloud_run["uri"])
-    attempts = sorted(steps_per_event_file(run_dir / "tensorboard" / "srresnet", "loss/content"))
-    assert attempts == [[1, 2, 3, 4], [4, 5, 6]]
+    logdir = download_events(cloud_run["uri"])
+    assert steps_per_process(logdir / "srresnet", "loss/content") == [[1, 2, 3, 4], [4, 5, 6]]
 
     # Ray's list of reported checkpoints lives at the run's root in the bucket; it is removed
     # before a run starts (each stage prunes its own folder, so the list goes stale), and no
@@ -378,6 +378,19 @@ def test_a_dying_worker_resumed_from_the_checkpoint_in_the_bucket(s3_server, clo
     keys = s3_server.keys(cloud_run["prefix"])
     assert "checkpoint_manager_snapshot.json" not in keys
     assert "full-srresnet/step-00000006/manifest.json" in keys
+
+
+def steps_per_process(log_dir: Path, tag: str) -> list[list[int]]:
+    """Steps logged for ``tag`` by each process that wrote into ``log_dir`` (one per attempt: Ray
+    Train restarts a worker group in new processes), in the order TensorBoard reads the files. A
+    run in cloud storage writes a new file at each upload, named
+    ``events.out.tfevents.<second>.<host>.<pid>.<n>``."""
+    steps: dict[str, list[int]] = {}
+    for path in sorted(log_dir.glob("events.out.tfevents.*")):
+        pid = path.name.rsplit(".", 2)[1]
+        for event in EventFileLoader(str(path)).Load():
+            steps.setdefault(pid, []).extend(event.step for value in event.summary.value if value.tag == tag)
+    return [found for found in steps.values() if found]
 
 
 def checkpoint_uploaded(server: S3Server, prefix: str) -> bool:

@@ -376,8 +376,10 @@ class StageTrainer:
             self.run_dir.fresh_folder(log_dir)
         iterations = self.stage_cfg.iterations
         monitor = make_monitor(
-            self.rank, log_dir, self.stage, iterations, self.step, on_flush=lambda: self.run_dir.push(log_dir)
-        )
+            self.rank, log_dir, self.stage, iterations, self.step,
+            upload=self.run_dir.push if self.run_dir.uri else None,
+            upload_interval_s=self.cfg.monitor.upload_interval_s,
+        )  # fmt: skip
         where = f"on {self.world_size} worker(s)"
         if self.damage_note:
             monitor.message(self.damage_note)
@@ -483,6 +485,7 @@ class StageTrainer:
         if self.ema is not None:
             text += f"; raw weights PSNR {values['val/psnr_raw']:.2f} dB"
         self.monitor.message(text)
+        self.monitor.upload_events()
         self.last_val, self.last_validated = values, self.step
         if self.device.type == "cuda":  # keep validation's peak out of the next window's memory scalar
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -510,6 +513,7 @@ class StageTrainer:
             **(extra_metrics or {}),
         }
         self.checkpoints.save(self.state_dict(), metrics)
+        self.monitor.upload_events()
 
     def final_metrics(self) -> dict[str, Any]:
         """The stage's totals for ``summary.json`` (also in its final checkpoint's metrics)."""
