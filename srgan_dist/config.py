@@ -276,7 +276,7 @@ class TrainConfig:
     ``num_to_keep`` only after it, so a checkpoint cut short is skipped on resume and older ones
     stay until a newer one is complete. Checkpoints written on a preemption notice are always
     ``sync``."""
-    preemption_check_interval: int = 10
+    preemption_check_interval: int = 20
     """Every this many steps all ranks ask Ray Train whether a node of the run is being reclaimed
     (a barrier of one actor round trip); while one is, each check writes a checkpoint, so a
     reclaim redoes at most this many steps. 0 = never ask."""
