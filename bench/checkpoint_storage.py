@@ -1,18 +1,25 @@
-"""Checkpoint save and restore time of the paper-size model: a local disk vs an S3 server.
+"""Checkpoint save and restore time of the paper-size model, and the training stall per
+checkpoint with synchronous and asynchronous upload: a local disk vs an S3 server.
 
-    python bench/checkpoint_storage.py                # 3 repeats, prints a table
-    python bench/checkpoint_storage.py --write        # and makes it BENCHMARKS.md's section
+    python bench/checkpoint_storage.py                # 3 repeats, prints the tables
+    python bench/checkpoint_storage.py --write        # and makes them BENCHMARKS.md's section
 
 The checkpoint is a real ``StageTrainer`` checkpoint of the srgan stage of
 ``configs/div2k_x4.yaml`` (16-block generator, 64-channel discriminator, their Adam states after
 one update, the generator EMA): what a run writes at each ``checkpoint_interval``.
 
 - save: ``checkpoint.save_checkpoint`` into a temporary folder (torch.save, sha256 manifest),
-  then the copy into storage that Ray Train makes of a reported checkpoint (``pyarrow.fs``
-  ``copy_files``, as ``srgan_dist.storage.upload``);
+  then the copy into storage (``checkpoint.publish_checkpoint``, file by file, the manifest last);
 - restore: what a resuming worker does (``checkpoint.load_newest_good``: list the stage folder,
   download the newest checkpoint, verify its manifest, ``torch.load``) and
-  ``StageTrainer.load_state_dict``.
+  ``StageTrainer.load_state_dict``;
+- stall: how long ``StageCheckpoints.save`` holds the training thread, with
+  ``train.checkpoint_upload`` ``sync`` and ``async``, and when the checkpoint is stored. Its
+  ``report`` does with the upload what Ray Train 2.60's ``ray.train.report`` does with
+  ``checkpoint_upload_fn`` (``ray/train/v2/_internal/execution/context.py``): SYNC calls it in the
+  training thread, ASYNC submits it to a one-thread executor; Ray's own part (one actor round trip
+  agreeing on the folder name) is not timed. Each async checkpoint is stored before the next
+  starts, as in a run whose checkpoint interval outlasts an upload.
 
 The S3 server is moto's (``moto_server``, another process, on 127.0.0.1): this measures the
 protocol and client cost on one machine, not a network or a cloud provider's throughput.
@@ -23,13 +30,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -97,10 +104,7 @@ def time_round_trip(trainer: StageTrainer, stage_dir: str | Path, repeats: int) 
         with tempfile.TemporaryDirectory() as scratch:
             ckpt.save_checkpoint(Path(scratch), trainer.state_dict(), STAGE, config_yaml)
             size = sum(path.stat().st_size for path in Path(scratch).iterdir())
-            if isinstance(target, str):
-                storage.upload(Path(scratch), target)
-            else:
-                shutil.copytree(scratch, target)
+            ckpt.publish_checkpoint(Path(scratch), target)
         saves.append(time.perf_counter() - started)
 
         started = time.perf_counter()
@@ -109,6 +113,33 @@ def time_round_trip(trainer: StageTrainer, stage_dir: str | Path, repeats: int) 
         trainer.load_state_dict(point.state)
         restores.append(time.perf_counter() - started)
     return statistics.median(saves), statistics.median(restores), size / 2**20
+
+
+def time_stall(trainer: StageTrainer, run_dir: RunDir, background: bool, repeats: int) -> tuple[float, float]:
+    """Median seconds ``StageCheckpoints.save`` blocks training, and until the checkpoint is stored."""
+    uploader = ThreadPoolExecutor(max_workers=1)  # Ray Train's checkpoint_upload_threadpool
+    pending: list[Future] = []
+
+    def report(metrics, name, upload) -> None:
+        if upload.background:
+            pending.append(uploader.submit(upload.persist))
+        else:
+            upload.persist()
+
+    checkpoints = ckpt.StageCheckpoints(
+        run_dir, STAGE, trainer.stage_cfg, to_yaml(trainer.cfg), 0, report, background_upload=background
+    )
+    stalls, stored = [], []
+    for repeat in range(repeats):
+        trainer.step = 1000 * (repeat + 1)
+        started = time.perf_counter()
+        checkpoints.save(trainer.state_dict(), {"step": trainer.step})
+        stalls.append(time.perf_counter() - started)
+        if pending:
+            pending.pop().result()
+        stored.append(time.perf_counter() - started)
+    uploader.shutdown()
+    return statistics.median(stalls), statistics.median(stored)
 
 
 def main() -> None:
@@ -132,11 +163,19 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="ckpt-bench-") as local:  # $TMPDIR, else /tmp
             trainer = paper_trainer(RunDir(Path(local) / "run"))
+            s3_runs = f"s3://bench/runs?endpoint_override={endpoint}&scheme=http"
             rows = {
                 "local disk": time_round_trip(trainer, Path(local) / "checkpoints", args.repeats),
                 "S3 (moto_server, 127.0.0.1)": time_round_trip(
                     trainer, f"s3://bench/run/stage?endpoint_override={endpoint}&scheme=http", args.repeats
                 ),
+            }
+            stalls = {
+                (target, mode): time_stall(
+                    trainer, RunDir.of(root, f"stall-{mode}"), mode == "async", args.repeats
+                )
+                for target, root in (("local disk", Path(local)), ("S3 (moto_server, 127.0.0.1)", s3_runs))
+                for mode in ("sync", "async")
             }
     finally:
         server.terminate()
@@ -149,6 +188,13 @@ def main() -> None:
     ]
     for target, (save_s, restore_s, size_mib) in rows.items():
         lines.append(f"| {target} | {size_mib:.0f} MiB | {save_s:.2f} s | {restore_s:.2f} s |")
+    lines += [
+        "",
+        "| storage | train.checkpoint_upload | training stall per checkpoint | stored after |",
+        "|---|---|---|---|",
+    ]
+    for (target, mode), (stall_s, stored_s) in stalls.items():
+        lines.append(f"| {target} | {mode} | {stall_s:.2f} s | {stored_s:.2f} s |")
     table = "\n".join(lines)
     print(table)
     print(
@@ -167,7 +213,10 @@ def main() -> None:
             "A real srgan-stage `StageTrainer` checkpoint of `configs/div2k_x4.yaml` (G 16 blocks, D "
             "64 channels, both Adam states, the generator EMA). The S3 server is moto's on 127.0.0.1 "
             "(another process, in Python): protocol, client and server cost on one machine, not a "
-            "network's or a cloud provider's throughput.\n\n" + table
+            "network's or a cloud provider's throughput. The stall is how long `StageCheckpoints.save` "
+            "holds the training thread (the local write, plus the upload with `sync`); `async` leaves "
+            "the upload to Ray Train's upload thread (emulated: see the script's docstring), which "
+            "shares the machine's cores and disk with training while it runs.\n\n" + table
         )
         write_section("Checkpoint storage: local disk vs S3", body)
 

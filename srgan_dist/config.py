@@ -277,6 +277,21 @@ class TrainConfig:
     the same step, and pruning removes the rest). Not frozen: pass it with ``--resume``."""
     max_failures: int = 2
     """Ray Train restarts the worker group from the latest checkpoint up to this many times."""
+    max_preemption_failures: int = -1
+    """Restarts after a node is reclaimed (a spot / preemptible node Ray Core was draining),
+    counted apart from ``max_failures``; -1 = unlimited (Ray Train's default)."""
+    checkpoint_upload: Literal["sync", "async"] = "async"
+    """How a checkpoint reaches the run directory. Both first write it to a local temporary folder
+    (the training stall of a local save). ``sync``: training waits until the files are stored;
+    ``async``: Ray Train copies them on a background thread while training goes on, one checkpoint
+    at a time and in order. Either way the manifest is stored last and the stage is pruned to
+    ``num_to_keep`` only after it, so a checkpoint cut short is skipped on resume and older ones
+    stay until a newer one is complete. Checkpoints written on a preemption notice are always
+    ``sync``."""
+    preemption_check_interval: int = 20
+    """Every this many steps all ranks ask Ray Train whether a node of the run is being reclaimed
+    (a barrier of one actor round trip); while one is, each check writes a checkpoint, so a
+    reclaim redoes at most this many steps. 0 = never ask."""
     ema_decay: float = 0.0
     """Keep an exponential moving average of the generator weights with this decay (e.g. 0.999;
     warmed up as min(decay, (1 + t) / (10 + t))); validation scores it and stage exports hold it.
@@ -292,6 +307,16 @@ class TrainConfig:
         )
         _require(self.max_nonfinite_skips >= 0, "train.max_nonfinite_skips", "must be >= 0")
         _require(self.max_failures >= -1, "train.max_failures", "must be >= -1 (-1 = unlimited)")
+        _require(
+            self.max_preemption_failures >= -1,
+            "train.max_preemption_failures",
+            "must be >= -1 (-1 = unlimited)",
+        )
+        _require(
+            self.preemption_check_interval >= 0,
+            "train.preemption_check_interval",
+            f"must be >= 0 steps (0 = never ask), got {self.preemption_check_interval}",
+        )
         _require(0.0 <= self.ema_decay < 1.0, "train.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
 
 

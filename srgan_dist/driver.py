@@ -345,7 +345,10 @@ def fit_stages(
         run_config=RunConfig(
             name=run_dir.name,
             storage_path=run_dir.storage_location,
-            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=FailureConfig(
+                max_failures=cfg.train.max_failures,
+                max_preemption_failures=cfg.train.max_preemption_failures,
+            ),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
     )

@@ -167,17 +167,19 @@ def test_pruning_keeps_the_newest_of_the_stage_up_to_the_step_just_written(tmp_p
 
 
 def test_stage_checkpoints_save_through_report_prune_and_resume_from_the_newest(tmp_path):
-    """Rank 0 hands a written folder to ``report`` (Ray Train copies it into the stage's folder)
-    and then prunes to ``num_to_keep``; other ranks report without a folder."""
+    """Rank 0 hands a staged folder to ``report``, whose ``persist`` stores it in the stage's
+    folder, prunes to ``num_to_keep`` and removes the staging folder; other ranks report none."""
     run_dir = RunDir.of(tmp_path, "run")
     stage_dir = run_dir.checkpoints("srresnet")
     stage_cfg = dataclasses.replace(Config().srresnet, num_to_keep=2)
     reported = []
 
-    def report(metrics, directory, name):
-        reported.append((metrics["step"], directory is not None, name))
-        if directory is not None:
-            shutil.copytree(directory, stage_dir / name)
+    def report(metrics, name, upload):
+        reported.append((metrics["step"], upload is not None, name))
+        if upload is not None:
+            assert not upload.background  # background_upload is off by default
+            upload.persist()
+            assert not upload.staging.exists()
 
     rank0, rank1 = (
         ckpt.StageCheckpoints(run_dir, "srresnet", stage_cfg, "run: {}\n", rank, report) for rank in (0, 1)
@@ -226,3 +228,99 @@ def test_a_stage_whose_only_checkpoint_a_full_disk_cut_short_restarts_only_when_
     assert checkpoints.restart_note.startswith(f"no usable checkpoint in {stage_dir} (")
     assert "training the stage from its start" in checkpoints.restart_note
     assert (stage_dir / "step-00000004").is_dir()  # nothing is deleted
+
+
+def staged_saves(tmp_path, keep: int, background: bool):
+    """Rank 0's ``StageCheckpoints`` of a run in ``tmp_path`` and the uploads its ``report`` got
+    (not yet stored: the test runs each ``persist`` when it wants, like Ray Train's upload thread)."""
+    run_dir = RunDir.of(tmp_path, "run")
+    stage_cfg = dataclasses.replace(Config().srresnet, num_to_keep=keep)
+    uploads: list[ckpt.CheckpointUpload] = []
+    checkpoints = ckpt.StageCheckpoints(
+        run_dir,
+        "srresnet",
+        stage_cfg,
+        "run: {}\n",
+        0,
+        lambda metrics, name, upload: uploads.append(upload),
+        background,
+    )
+
+    def save(step: int, wait: bool = False) -> ckpt.CheckpointUpload:
+        checkpoints.save({"step": step, "weights": torch.full((4,), float(step))}, {"step": step}, wait=wait)
+        return uploads[-1]
+
+    return run_dir.checkpoints("srresnet"), save
+
+
+def test_a_checkpoint_is_stored_file_by_file_with_the_manifest_last(tmp_path, monkeypatch):
+    """Ray Train's own upload copies a folder's files in no set order; ours stores the manifest
+    after every file it lists."""
+    copied = []
+    real_copyfile = shutil.copyfile
+    monkeypatch.setattr(
+        ckpt.shutil,
+        "copyfile",
+        lambda source, target: copied.append(Path(source).name) or real_copyfile(source, target),
+    )
+    stage_dir, save = staged_saves(tmp_path, keep=2, background=False)
+    save(2).persist()
+    assert copied == [*ckpt.MANIFEST_FILES, ckpt.MANIFEST_FILE]
+    ckpt.verify_checkpoint(stage_dir / "step-00000002")
+
+
+def test_an_upload_cut_short_is_skipped_on_resume_in_one_line_and_pruning_waits_for_it(tmp_path, monkeypatch):
+    """A crash while a checkpoint is copied leaves a folder without a manifest: a resume names it
+    in one line and takes the one before, which pruning (num_to_keep=1) has not deleted. The
+    staging folder stays for a retry, which completes the checkpoint and then prunes."""
+    stage_dir, save = staged_saves(tmp_path, keep=1, background=True)
+    save(2).persist()
+    cut_short = save(4)
+    real_copyfile = shutil.copyfile
+
+    def crash_on_meta(source, target):
+        if Path(source).name == ckpt.META_FILE:
+            raise OSError("connection lost")
+        return real_copyfile(source, target)
+
+    monkeypatch.setattr(ckpt.shutil, "copyfile", crash_on_meta)
+    with pytest.raises(OSError, match="connection lost"):
+        cut_short.persist()
+    assert ckpt.list_checkpoints(stage_dir) == ["step-00000004", "step-00000002"]
+    point = ckpt.load_newest_good(stage_dir, "srresnet")
+    assert point.name == "step-00000002"
+    note = point.damage_note()
+    assert "\n" not in note
+    assert (
+        f"{stage_dir / 'step-00000004' / ckpt.MANIFEST_FILE}: missing, the checkpoint is incomplete" in note
+    )
+    assert cut_short.staging.is_dir()
+
+    monkeypatch.setattr(ckpt.shutil, "copyfile", real_copyfile)
+    cut_short.persist()  # the retry
+    assert ckpt.list_checkpoints(stage_dir) == ["step-00000004"]
+    assert not cut_short.staging.exists()
+
+
+def test_background_uploads_leave_retention_to_after_each_manifest(tmp_path):
+    """With background uploads ``save`` returns before the checkpoint is stored, and nothing is
+    pruned until it is: the newest complete checkpoint survives while the next one uploads.
+    A ``wait`` save (a preemption notice) is stored before ``report`` returns."""
+    stage_dir, save = staged_saves(tmp_path, keep=1, background=True)
+    save(2).persist()
+    first, second = save(4), save(6)
+    assert first.background and second.background
+    assert ckpt.list_checkpoints(stage_dir) == ["step-00000002"]  # both still uploading
+    first.persist()  # Ray Train's upload thread: one at a time, in report order
+    assert ckpt.list_checkpoints(stage_dir) == ["step-00000004"]
+    second.persist()
+    assert ckpt.list_checkpoints(stage_dir) == ["step-00000006"]
+    assert not save(8, wait=True).background
+
+
+def test_ray_train_uploads_checkpoints_one_at_a_time():
+    """Pruning inside each upload relies on it: Ray Train 2.60 stores async checkpoints on one
+    thread, in the order they were reported."""
+    from ray.train.v2._internal.execution.context import MAX_CHECKPOINT_UPLOAD_THREADS
+
+    assert MAX_CHECKPOINT_UPLOAD_THREADS == 1

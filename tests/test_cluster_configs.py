@@ -74,6 +74,38 @@ def test_launcher_yaml_has_a_cpu_head_and_gpu_workers(path):
     assert "RAY_AUTH_MODE=token" in "\n".join(config["worker_start_ray_commands"])
 
 
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: p.name)
+def test_launcher_yaml_has_a_spot_gpu_worker_type_that_says_what_a_reclaim_does(path):
+    (config,) = load_all(path)
+    spot = config["available_node_types"]["gpu_worker_spot"]
+    assert spot["resources"]["GPU"] >= 1 and spot["min_workers"] == 0
+    node = spot["node_config"]
+    if config["provider"]["type"] == "aws":
+        assert node["InstanceMarketOptions"]["MarketType"] == "spot"
+    else:
+        assert {"provisioningModel": "SPOT"} in node["scheduling"]
+    text = path.read_text()
+    comment = text[text.index("  gpu_worker_spot:") : text.index("head_node_type:")]
+    for words in (
+        "DRAIN_NODE_REASON_PREEMPTION",
+        "train.preemption_check_interval",
+        "train.max_preemption_failures",
+    ):
+        assert words in comment, words
+
+
+def test_kuberay_cluster_has_a_spot_worker_group_that_drains_within_its_grace_period():
+    (manifest,) = load_all(ROOT / "cluster" / "kuberay" / "raycluster.yaml")
+    (group,) = [g for g in manifest["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu-workers-spot"]
+    pod = group["template"]["spec"]
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-spot": "true"}
+    (container,) = pod["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    # SIGTERM makes `ray start --block` drain its node as a preemption for this long; the pod
+    # must outlive the drain.
+    assert 0 < float(env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"]) < pod["terminationGracePeriodSeconds"]
+
+
 def containers(pod_template: dict) -> list[dict]:
     return pod_template["spec"]["containers"]
 

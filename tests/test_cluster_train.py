@@ -1,4 +1,4 @@
-"""Training through the Jobs API on the two-node local cluster: an elastic run that loses a node,
+"""Training through the Jobs API on the two-node local cluster: an elastic run whose spot node is reclaimed,
 and stop → resubmit (same name, other worker count) → resume. (A two-stage job with SPREAD workers
 on both nodes is in test_storage.py: it trains into a bucket.)
 
@@ -7,15 +7,20 @@ Both nodes run on this machine, so a /tmp folder is "shared storage" for data an
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import RAY_BIN, ROOT
 from test_training import RAY_NOISE, photos, steps_per_event_file, tiny_config  # noqa: F401
 
 from srgan_dist.config import to_dict
+from srgan_dist.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 
@@ -32,42 +37,98 @@ def write_config(photos, storage: Path, name: str, path: Path, *overrides: str) 
     return path
 
 
-def test_elastic_training_continues_on_one_worker_when_a_node_goes_away(cluster, photos, tmp_path):  # noqa: F811
-    """`--workers 1-2`: Ray Train starts 2 workers; losing the second node resumes on 1 from a checkpoint.
+def second_node_id(cluster) -> str:
+    """The Ray node id of the cluster's second (non-head) node."""
+    listed = subprocess.run(
+        [
+            str(RAY_BIN),
+            "list",
+            "nodes",
+            "--address",
+            cluster.address,
+            "--filter",
+            "state=ALIVE",
+            "--format",
+            "json",
+        ],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    (node,) = [node for node in json.loads(listed.stdout) if not node["is_head_node"]]
+    return node["node_id"]
+
+
+def test_a_reclaimed_spot_node_checkpoints_on_notice_and_the_run_resumes_from_it(cluster, photos, tmp_path):  # noqa: F811
+    """A spot reclaim of one node of an elastic 2-worker SPREAD run (`--workers 1-2`): Ray Core
+    drains the node (`ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION`, what the autoscaler
+    does on a reclaim notice), the run checkpoints at its next preemption check and at each one
+    after, the node dies, and Ray Train restarts the run on the one node left from the newest of
+    those checkpoints (there are no others: checkpoint_interval is beyond the run's end), losing
+    at most one check interval of steps, and it finishes.
 
     Runs before the stop test below: a stopped job's controller never withdraws its resource
     request from Ray's AutoscalingCoordinator, which an elastic run counts as taken until it
     expires (180 s); an elastic job started in that time waits."""
     storage = tmp_path / "runs"
+    check = 5
     config = write_config(
         photos,
         storage,
-        "elastic",
-        tmp_path / "elastic.yaml",
+        "spot",
+        tmp_path / "spot.yaml",
         "train.stages=[srresnet]",
         "train.max_failures=-1",  # failed starts while Ray notices the lost node count as failures
-        "srresnet.iterations=100000",
-        "srresnet.checkpoint_interval=10",
-        "srresnet.log_interval=10",
+        f"train.preemption_check_interval={check}",
+        "srresnet.iterations=600",  # not over before the notice (at steps 265-340 here)
+        "srresnet.checkpoint_interval=100000",
+        "srresnet.log_interval=1",
         "srresnet.val_interval=100000",
     )
     submitted = cluster.cli(
-        "submit", "--config", str(config), "--name", "elastic", "--storage", str(storage), "--workers", "1-2"
-    )
+        "submit", "--config", str(config), "--name", "spot", "--storage", str(storage), "--workers", "1-2",
+        "--env", "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S=0.5",  # Ray Train's watcher: 5 s by default
+    )  # fmt: skip
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     job_id = re.search(r"Submitted job (\S+)", submitted.stdout).group(1)
     log = cluster.follow(job_id)  # `srgan-dist logs --follow`
+    stage_dir = storage / "spot" / "spot-srresnet"
     try:
-        log.wait_for(r"\[srresnet\] starting on 2 worker\(s\)", timeout=300)
-        log.wait_for(r"\[srresnet\] step 20/", timeout=300)
-        lost = cluster.script("down-worker")
+        log.wait_for(r"\[srresnet\] starting on 2 worker\(s\)", timeout=300)  # one per node
+        drain = subprocess.run(
+            [
+                sys.executable, str(ROOT / "cluster" / "ray_loopback.py"), "drain-node",
+                "--address", cluster.gcs_address, "--node-id", second_node_id(cluster),
+                "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot",
+                "--deadline-remaining-seconds", "10",
+            ],
+            env=cluster.env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert drain.returncode == 0, drain.stdout + drain.stderr
+        notice = log.wait_for(
+            r"\[srresnet\] preemption notice at step (\d+): node\(s\) \w+ \(rank", timeout=120
+        )
+        noticed_at = int(notice.group(1))
+        deadline = time.monotonic() + 120
+        while not any((folder / ckpt.MANIFEST_FILE).is_file() for folder in stage_dir.glob("step-*")):
+            assert time.monotonic() < deadline, log.text[-3000:]
+            time.sleep(0.1)
+        lost = cluster.script("down-worker")  # the reclaim
         assert lost.returncode == 0, lost.stderr
         resumed = log.wait_for(
             r"\[srresnet\] resumed from checkpoint at step (\d+)/\d+ on 1 worker\(s\)", timeout=600
         )
-        step = int(resumed.group(1))
-        assert step >= 10  # from a checkpoint, not from scratch
-        log.wait_for(rf"\[srresnet\] step {step + 10}/", timeout=300)  # and it trains on
+        resumed_at = int(resumed.group(1))
+        before = log.text[: resumed.start()]
+        reached = max(int(step) for step in re.findall(r"\[srresnet\] step (\d+)/", before))
+        print(
+            f"spot reclaim: notice at step {noticed_at}, node lost after step {reached}, resumed at {resumed_at}"
+        )
+        assert noticed_at <= resumed_at and resumed_at % check == 0  # a checkpoint of a check
+        assert reached - resumed_at <= check, (noticed_at, resumed_at, reached)  # steps redone
+        log.wait_for(r"Stage srresnet: done", timeout=600)
         assert not [noise for noise in RAY_NOISE if noise in log.text]
     finally:
         log.close()

@@ -1,14 +1,13 @@
 """StageTrainer without Ray: resume continuity, the generator EMA, cadence and state round trips.
 
 The trainer takes its rank, device and a ``report`` function from the Ray entry point, so these
-tests drive it in-process on one CPU rank with a ``report`` that copies each checkpoint folder
-into the stage's folder of the run directory, as Ray Train does; every resume is the real one
+tests drive it in-process on one CPU rank with a ``report`` that stores each checkpoint at once
+(``CheckpointUpload.persist``, what Ray Train's SYNC upload runs); every resume is the real one
 (``StageTrainer.resume``: the stage's newest good checkpoint).
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -31,15 +30,15 @@ class Crash(Exception):
 
 
 class Recorder:
-    """A ``report`` that copies every checkpoint folder to ``root/<name>`` (what Ray Train does)."""
+    """A ``report`` that stores each checkpoint before it returns (Ray Train's SYNC upload)."""
 
-    def __init__(self, root: Path, crash_at_step: int | None = None):
-        self.root, self.crash_at_step = root, crash_at_step
+    def __init__(self, crash_at_step: int | None = None):
+        self.crash_at_step = crash_at_step
         self.metrics: list[dict] = []
 
-    def __call__(self, metrics, directory, name):
-        if directory is not None:
-            shutil.copytree(directory, self.root / name)
+    def __call__(self, metrics, name, upload):
+        if upload is not None:
+            upload.persist()
         self.metrics.append(metrics)
         if metrics["step"] == self.crash_at_step:
             raise Crash
@@ -79,7 +78,7 @@ def tiny_config(tmp_path: Path, *overrides: str):
     return load_config(ROOT / "configs" / "demo.yaml", base + list(overrides))
 
 
-def make_trainer(cfg, stage, photos, report, val=False) -> StageTrainer:
+def make_trainer(cfg, stage, photos, report, val=False, preemption_notice=None) -> StageTrainer:
     return StageTrainer(
         cfg,
         stage,
@@ -90,6 +89,7 @@ def make_trainer(cfg, stage, photos, report, val=False) -> StageTrainer:
         train_files=photos["train"],
         val_files=photos["val"] if val else [],
         report=report,
+        preemption_notice=preemption_notice,
     )
 
 
@@ -119,18 +119,18 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(photos, tmp_path
         tiny_config(tmp_path / name, "train.ema_decay=0.9") for name in ("straight", "crashed")
     )
     init = handoff(straight, tmp_path) if stage == "srgan" else None
-    trainer = make_trainer(straight, stage, photos, Recorder(stage_dir(straight, stage)))
+    trainer = make_trainer(straight, stage, photos, Recorder())
     trainer.resume(init)
     trainer.run()
 
-    crashing = Recorder(stage_dir(crashed, stage), crash_at_step=3)
+    crashing = Recorder(crash_at_step=3)
     trainer = make_trainer(crashed, stage, photos, crashing)
     trainer.resume(init)
     with pytest.raises(Crash):
         trainer.run()
     assert crashing.metrics[-1]["step"] == 3
 
-    trainer = make_trainer(crashed, stage, photos, Recorder(stage_dir(crashed, stage)))
+    trainer = make_trainer(crashed, stage, photos, Recorder())
     trainer.resume(init)
     assert trainer.resumed and trainer.step == 3
     assert trainer.data_state == {"epoch": 0, "position": 3}  # of 4 batches
@@ -150,7 +150,7 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(photos, tmp_path
     assert a["ema"]["updates"] == b["ema"]["updates"] == 6
     assert a["data"] == b["data"]
     # And training did something: the weights moved from their start.
-    moved = make_trainer(tiny_config(tmp_path / "unused"), stage, photos, Recorder(tmp_path / "unused"))
+    moved = make_trainer(tiny_config(tmp_path / "unused"), stage, photos, Recorder())
     moved.resume(init)
     start = moved.trainables.generator.state_dict()
     assert any(not torch.equal(start[k], a["trainables"]["generator"][k]) for k in start)
@@ -177,15 +177,15 @@ def test_a_resume_in_the_other_memory_layout_updates_as_if_the_layout_had_not_ch
     no_bn = ("model.norm=none", "model.disc_norm=none")
     straight, crashed = (tiny_config(tmp_path / name, *no_bn) for name in ("straight", "crashed"))
     init = handoff(straight, tmp_path) if stage == "srgan" else None
-    trainer = make_trainer(straight, stage, photos, Recorder(stage_dir(straight, stage)))
+    trainer = make_trainer(straight, stage, photos, Recorder())
     trainer.resume(init)
     trainer.run()
-    trainer = make_trainer(crashed, stage, photos, Recorder(stage_dir(crashed, stage), crash_at_step=3))
+    trainer = make_trainer(crashed, stage, photos, Recorder(crash_at_step=3))
     trainer.resume(init)
     with pytest.raises(Crash):
         trainer.run()
 
-    trainer = make_trainer(crashed, stage, photos, Recorder(stage_dir(crashed, stage)))
+    trainer = make_trainer(crashed, stage, photos, Recorder())
     trainer.use_channels_last = True
     trainer.resume(init)
     trainer.run()
@@ -240,7 +240,7 @@ def test_ema_state_round_trip_and_batchnorm_buffers_follow_the_raw_model():
 
 def test_export_holds_the_ema_and_validation_logs_both(photos, tmp_path):
     cfg = tiny_config(tmp_path, "train.ema_decay=0.99", "srresnet.val_interval=6")
-    recorder = Recorder(stage_dir(cfg, "srresnet"))
+    recorder = Recorder()
     trainer = make_trainer(cfg, "srresnet", photos, recorder, val=True)
     trainer.resume(None)
     trainer.run()
@@ -261,7 +261,7 @@ def test_export_holds_the_ema_and_validation_logs_both(photos, tmp_path):
 
 def test_checkpoint_without_ema_cannot_resume_an_ema_run(photos, tmp_path):
     cfg = tiny_config(tmp_path, "srresnet.iterations=3")
-    trainer = make_trainer(cfg, "srresnet", photos, Recorder(stage_dir(cfg, "srresnet")))
+    trainer = make_trainer(cfg, "srresnet", photos, Recorder())
     trainer.resume(None)
     trainer.run()
     with_ema = make_trainer(tiny_config(tmp_path, "train.ema_decay=0.9"), "srresnet", photos, None)
@@ -282,7 +282,7 @@ def test_resume_takes_the_newest_good_checkpoint_of_the_stage(photos, tmp_path):
     """``resume`` (what the Ray entry point calls) skips a truncated newest checkpoint."""
     cfg = tiny_config(tmp_path, "srresnet.checkpoint_interval=2")
     stage_dir = RunDir.of(cfg.run.storage, cfg.run.name).checkpoints("srresnet")
-    trainer = make_trainer(cfg, "srresnet", photos, Recorder(stage_dir, crash_at_step=4))
+    trainer = make_trainer(cfg, "srresnet", photos, Recorder(crash_at_step=4))
     trainer.resume(None)
     assert not trainer.resumed  # no checkpoint yet: a fresh start
     with pytest.raises(Crash):
@@ -290,7 +290,7 @@ def test_resume_takes_the_newest_good_checkpoint_of_the_stage(photos, tmp_path):
     newest = stage_dir / ckpt.checkpoint_dir_name(4) / ckpt.STATE_FILE
     newest.write_bytes(newest.read_bytes()[:100])
 
-    resumed = make_trainer(cfg, "srresnet", photos, Recorder(tmp_path / "unused"))
+    resumed = make_trainer(cfg, "srresnet", photos, Recorder())
     resumed.resume(None)
     assert resumed.resumed and resumed.step == 2
     assert resumed.damage_note.startswith("skipped damaged checkpoint(s), resuming from step-00000002: ")
@@ -303,7 +303,7 @@ def test_a_nonfinite_loss_can_be_skipped_and_counted(photos, tmp_path, capsys):
     (``error``, the default, and the driver's report of it: tests/test_training.py.)"""
     cfg = tiny_config(tmp_path, "train.on_nonfinite=skip")
     with fault_plan({"nan": {"stage": "srresnet", "step": 3}}):
-        trainer = make_trainer(cfg, "srresnet", photos, Recorder(stage_dir(cfg, "srresnet")))
+        trainer = make_trainer(cfg, "srresnet", photos, Recorder())
     trainer.resume(None)
     trainer.run()
 
@@ -313,3 +313,45 @@ def test_a_nonfinite_loss_can_be_skipped_and_counted(photos, tmp_path, capsys):
     events = EventAccumulator(str(RunDir.of(cfg.run.storage, cfg.run.name).tensorboard("srresnet")))
     events.Reload()
     assert events.Scalars("train/nonfinite_skips")[-1].value == 1
+
+
+def test_a_preemption_notice_checkpoints_at_every_check_until_the_stage_ends(photos, tmp_path, capsys):
+    """From the first check that hears of a reclaim on, each check writes a checkpoint and stores
+    it before training on (whatever ``train.checkpoint_upload`` says), so a node lost at any
+    moment costs at most one check interval; the console says so once. No check at the last step
+    (the final checkpoint comes anyway), none at all with an interval of 0."""
+    cfg = tiny_config(
+        tmp_path,
+        "srresnet.iterations=8",
+        "srresnet.checkpoint_interval=100",
+        "train.preemption_check_interval=2",
+        "train.checkpoint_upload=async",
+    )
+    asked, stored = [], []
+
+    def notice():
+        asked.append(trainer.step)
+        return "node 1234 being preempted" if trainer.step >= 4 else None
+
+    def report(metrics, name, upload):
+        stored.append((metrics["step"], upload.background))
+        upload.persist()
+
+    trainer = make_trainer(cfg, "srresnet", photos, report, preemption_notice=notice)
+    trainer.resume(None)
+    trainer.run()
+    assert asked == [2, 4, 6]
+    assert stored == [(4, False), (6, False), (8, True)]  # the final one uploads in the background
+    assert ckpt.list_checkpoints(stage_dir(cfg, "srresnet")) == ["step-00000008", "step-00000006"]
+    out = capsys.readouterr().out
+    assert out.count("preemption notice") == 1
+    assert (
+        "[srresnet] preemption notice at step 4: node 1234 being preempted; checkpointing now and every "
+        "2 steps until the node is gone" in out
+    )
+
+    never = tiny_config(tmp_path / "never", "train.preemption_check_interval=0")
+    quiet = make_trainer(never, "srresnet", photos, Recorder(), preemption_notice=lambda: asked.append(-1))
+    quiet.resume(None)
+    quiet.run()
+    assert -1 not in asked

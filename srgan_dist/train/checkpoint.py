@@ -1,12 +1,16 @@
 """Training checkpoints: their format, and :class:`StageCheckpoints`, which saves, prunes and
 resumes one stage's checkpoints and knows when they are due.
 
-Each save is one ``<run>/<name>-<stage>/step-NNNNNNNN/`` folder. Rank 0 writes it to a temporary
-folder and hands it to the ``report`` function of the Ray entry point (``train/loop.py``), which
-has Ray Train copy it into the run directory (or its cloud storage); then rank 0 prunes the
-stage's folder to ``<stage>.num_to_keep`` (Ray Train's own pruning is off, see
-``driver.fit_stages``). A stage resumes from its newest folder that verifies and loads, whatever
-Ray Train's own list of checkpoints says.
+Each save is one ``<run>/<name>-<stage>/step-NNNNNNNN/`` folder. Rank 0 writes it to a local
+staging folder and hands it to the ``report`` function of the Ray entry point (``train/loop.py``)
+as a :class:`CheckpointUpload`, whose ``persist`` stores it: the files are copied into the run
+directory (or its cloud storage) one by one with the manifest last (:func:`publish_checkpoint`),
+then the stage's folder is pruned to ``<stage>.num_to_keep`` (Ray Train's own pruning is off, see
+``driver.fit_stages``), then the staging folder is removed. ``persist`` runs inside ``report``
+(``train.checkpoint_upload=sync``) or on Ray Train's upload thread after ``report`` returned
+(``async``); either way pruning follows the newest checkpoint's manifest, so it never deletes a
+checkpoint before a newer one is complete, nor the one being stored. A stage resumes from its
+newest folder that verifies and loads, whatever Ray Train's own list of checkpoints says.
 
 A checkpoint folder holds
 - ``state.pt``: ``StageTrainer.state_dict()`` — models, optimizers, schedulers, the generator
@@ -30,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,7 +47,7 @@ from srgan_dist import atomic
 from srgan_dist.config import StageConfig
 from srgan_dist.errors import UserError, torch_load_problem
 from srgan_dist.rundir import CONFIG_FILE, RunDir
-from srgan_dist.storage import UnsafeObjectKey, delete_folder, join, list_folders, local_copy
+from srgan_dist.storage import UnsafeObjectKey, delete_folder, is_uri, join, list_folders, local_copy, upload
 
 CHECKPOINT_FORMAT_VERSION = 3  # 3: manifest.json; 2: EMA added, RNG state dropped
 STATE_FILE = "state.pt"
@@ -87,6 +92,18 @@ def _sha256(path: Path) -> str:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def publish_checkpoint(staging: Path, destination: Path | str) -> None:
+    """Copy a folder ``save_checkpoint`` wrote into ``destination`` (a local folder or a URI), one
+    file at a time and the manifest last: a copy cut short has no manifest (or files that disagree
+    with it), which ``verify_checkpoint`` names and a resume skips."""
+    for name in (*MANIFEST_FILES, MANIFEST_FILE):
+        if is_uri(destination):
+            upload(staging / name, join(str(destination), name))
+        else:
+            Path(destination).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(staging / name, Path(destination) / name)
 
 
 def verify_checkpoint(directory: Path) -> None:
@@ -212,9 +229,23 @@ def load_newest_good(stage_dir: Path | str, stage: str) -> ResumePoint | None:
     return None
 
 
-Report = Callable[[dict[str, Any], Path | None, str], None]
-"""``report(metrics, checkpoint_dir or None, checkpoint_dir_name)``; every rank calls it (a
-barrier). Ray Train's ``report`` in ``train/loop.py``; tests pass their own."""
+@dataclass(frozen=True)
+class CheckpointUpload:
+    """A checkpoint rank 0 has written to a local staging folder, as it hands it to ``report``."""
+
+    staging: Path
+    """The local folder ``save_checkpoint`` wrote."""
+    persist: Callable[[], None]
+    """Store it: copy it into the stage's folder (manifest last), prune the stage, remove
+    ``staging``. Safe to call again after a failure (a retried upload)."""
+    background: bool
+    """True: ``report`` may return before ``persist`` has run (Ray Train's ASYNC upload)."""
+
+
+Report = Callable[[dict[str, Any], str, CheckpointUpload | None], None]
+"""``report(metrics, checkpoint_dir_name, upload or None)``; every rank calls it (a barrier), rank
+0 with the checkpoint's upload, the others with None. Ray Train's ``report`` in ``train/loop.py``
+(which runs ``upload.persist`` now or on its upload thread); tests pass their own."""
 
 
 class StageCheckpoints:
@@ -225,13 +256,20 @@ class StageCheckpoints:
     """
 
     def __init__(
-        self, run_dir: RunDir, stage: str, stage_cfg: StageConfig, config_yaml: str, rank: int, report: Report
+        self,
+        run_dir: RunDir,
+        stage: str,
+        stage_cfg: StageConfig,
+        config_yaml: str,
+        rank: int,
+        report: Report,
+        background_upload: bool = False,
     ) -> None:
         self.location = run_dir.location_of(run_dir.checkpoints(stage))
         self.stage, self.stage_cfg, self.config_yaml = stage, stage_cfg, config_yaml
-        self.rank, self.report = rank, report
+        self.rank, self.report, self.background_upload = rank, report, background_upload
         self.last_saved = -1
-        """The step of the newest checkpoint on disk (saved or resumed from); -1 = none yet."""
+        """The step of the newest checkpoint saved (stored, or being stored) or resumed from; -1 = none yet."""
         self.restart_note = ""
         """Why the stage starts over although it has checkpoints (see :meth:`newest_good`)."""
 
@@ -257,15 +295,33 @@ class StageCheckpoints:
             self.last_saved = int(point.state["step"])
         return point
 
-    def save(self, state: dict[str, Any], metrics: dict[str, Any]) -> None:
-        """Checkpoint ``state`` through ``report`` on every rank; rank 0 writes it, then prunes."""
+    def save(self, state: dict[str, Any], metrics: dict[str, Any], wait: bool = False) -> None:
+        """Checkpoint ``state`` through ``report`` on every rank; rank 0 writes it to a staging
+        folder, and it is stored in the background when ``background_upload`` and not ``wait``."""
         step = int(state["step"])
         name = checkpoint_dir_name(step)
-        if self.rank != 0:
-            self.report(metrics, None, name)
-        else:
-            with tempfile.TemporaryDirectory() as directory:
-                save_checkpoint(Path(directory), state, self.stage, self.config_yaml)
-                self.report(metrics, Path(directory), name)
-            prune_checkpoints(self.location, self.stage_cfg.num_to_keep, step)
+        upload = None
+        if self.rank == 0:
+            staging = Path(tempfile.mkdtemp(prefix=f"srgan-dist-{name}-"))
+            try:
+                save_checkpoint(staging, state, self.stage, self.config_yaml)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            persist = lambda: self._persist(staging, step)  # noqa: E731
+            upload = CheckpointUpload(staging, persist, background=self.background_upload and not wait)
+        self.report(metrics, name, upload)
         self.last_saved = step
+
+    def _persist(self, staging: Path, step: int) -> None:
+        """Store the staged checkpoint of ``step``, then prune the stage: one at a time, in step
+        order (Ray Train runs uploads on one thread, in the order they were reported)."""
+        name = checkpoint_dir_name(step)
+        publish_checkpoint(
+            staging, join(self.location, name) if isinstance(self.location, str) else self.location / name
+        )
+        prune_checkpoints(self.location, self.stage_cfg.num_to_keep, step)
+        # Only after success: on a failure the folder stays for Ray Train's retry of the upload
+        # (a failed upload then fails the worker, and the staging folder is left in the node's
+        # temporary directory).
+        shutil.rmtree(staging)

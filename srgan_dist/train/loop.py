@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import gc
 import time
-from pathlib import Path
 from typing import Any
 
 import ray.train
@@ -49,6 +48,7 @@ from srgan_dist.run_record import (
     write_stop,
 )
 from srgan_dist.rundir import RunDir
+from srgan_dist.train.checkpoint import CheckpointUpload
 from srgan_dist.train.trainer import StageTrainer, all_reduce_sum
 
 
@@ -58,12 +58,61 @@ class WorkerFailed(RuntimeError):
 
 
 def report_to_ray(
-    stage_folder: str, metrics: dict[str, Any], checkpoint_dir: Path | None, dir_name: str
+    stage_folder: str, metrics: dict[str, Any], dir_name: str, upload: CheckpointUpload | None
 ) -> None:
-    """``ray.train.report``; Ray persists a checkpoint to ``<run>/<stage_folder>/<dir_name>``
-    (Ray Train's run folder is the run directory, see ``driver.fit_stages``)."""
-    checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"{stage_folder}/{dir_name}")
+    """``ray.train.report``; rank 0's checkpoint lands in ``<run>/<stage_folder>/<dir_name>`` (Ray
+    Train's run folder is the run directory, see ``driver.fit_stages``).
+
+    Ray Train 2.60's ``report`` first agrees on the folder name with every rank (a barrier), then
+    hands the checkpoint to ``checkpoint_upload_fn``: in the training thread (SYNC), or on its
+    one upload thread in report order (ASYNC; the local folder must outlive ``report``, which is
+    why ``upload.persist`` removes it, not Ray). The worker's training function returns only
+    after that thread is done, and an upload that fails fails the worker. The copy is ours, not
+    Ray Train's default one (``pyarrow.fs.copy_files`` of the folder, in no set order), so the
+    manifest is stored last and pruning follows it (``checkpoint.StageCheckpoints``).
+    """
+    checkpoint_dir_name = f"{stage_folder}/{dir_name}"
+    if upload is None:
+        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=checkpoint_dir_name)
+        return
+    storage = ray.train.get_context().get_storage()
+
+    def persist(checkpoint: ray.train.Checkpoint, name: str) -> ray.train.Checkpoint:
+        # Ray Train's own upload starts with this check: a local storage path that this node
+        # does not share with the driver's fails here, not after a run of unreachable checkpoints.
+        storage._check_validation_file()
+        upload.persist()
+        path = storage.build_checkpoint_path_from_name(name)
+        return ray.train.Checkpoint(filesystem=storage.storage_filesystem, path=path)
+
+    ray.train.report(
+        metrics,
+        checkpoint=ray.train.Checkpoint.from_directory(upload.staging),
+        checkpoint_dir_name=checkpoint_dir_name,
+        checkpoint_upload_mode=(
+            ray.train.CheckpointUploadMode.ASYNC if upload.background else ray.train.CheckpointUploadMode.SYNC
+        ),
+        delete_local_checkpoint_after_upload=False,
+        checkpoint_upload_fn=persist,
+    )
+
+
+def preemption_notice() -> str | None:
+    """Whether Ray Core is draining a node of this run (a spot reclaim), as one line, else None.
+
+    ``ray.train.get_preemption_info`` is a barrier: every rank calls it at the same steps, and all
+    get rank 0's answer. Ray Train's ``PreemptionWatcher`` polls Ray Core's draining nodes every
+    ``RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S`` (5 s) and tells every worker; the answer stays until
+    the worker group restarts.
+    """
+    info = ray.train.get_preemption_info()
+    if info is None:
+        return None
+    nodes = ", ".join(node[:8] for node in info.preempted_node_ids)
+    deadline = ""
+    if info.deadline_ms is not None:
+        deadline = f", reclaimed in {max(0.0, info.deadline_ms / 1000 - time.time()):.0f} s"
+    return f"node(s) {nodes} (rank(s) {', '.join(map(str, info.preempted_ranks))}) being preempted{deadline}"
 
 
 def stop_without_restart(
@@ -142,6 +191,7 @@ def train_stage(
             train_files=loop_config["train_files"],
             val_files=loop_config["val_files"],
             report=functools.partial(report_to_ray, run_dir.checkpoints_name(stage)),
+            preemption_notice=preemption_notice,
         )
         trainer.resume(init_generator)
     except UserError as caught:  # config, hand-off or checkpoints: a restart would meet it again

@@ -10,7 +10,8 @@ Train; the trainer finds its own checkpoint to resume from. In the order it happ
    hand-off), else from scratch; then the generator EMA;
 3. :meth:`run`: wrap the models (channels_last, DDP, ``torch.compile``), open this rank's data
    shard, then per step: the stage's step function (``steps.STEP_FUNCTIONS``), and on their
-   cadence a log window, a validation and a checkpoint; a final validation and checkpoint.
+   cadence a log window, a validation, a preemption check and a checkpoint (also after each
+   check while a node of the run is being reclaimed); a final validation and checkpoint.
 
 Components own their state and cadence: :class:`~srgan_dist.train.window.StepWindow` the
 window's losses and non-finite steps, :class:`~srgan_dist.train.checkpoint.StageCheckpoints`
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,12 +201,20 @@ class StageTrainer:
         train_files: list[str],
         val_files: list[str],
         report: Report,
+        preemption_notice: Callable[[], str | None] | None = None,
     ) -> None:
+        """``preemption_notice`` says whether a node of the run is about to be reclaimed (one
+        line, else None); every rank calls it at the same steps (``train/loop.py`` asks Ray
+        Train). None: nothing to ask, the stage never checks."""
         self.cfg, self.stage, self.stage_cfg = cfg, stage, cfg.stage(stage)
         self.rank, self.world_size, self.device = rank, world_size, device
         self.run_dir, self.train_files, self.val_files = run_dir, train_files, val_files
         self.cadence = Cadence(self.stage_cfg)
-        self.checkpoints = StageCheckpoints(run_dir, stage, self.stage_cfg, to_yaml(cfg), rank, report)
+        self.checkpoints = StageCheckpoints(
+            run_dir, stage, self.stage_cfg, to_yaml(cfg), rank, report, cfg.train.checkpoint_upload == "async"
+        )
+        self.preemption_notice = preemption_notice
+        self.preemption_noticed = False  # a notice came: every later check writes a checkpoint too
         self.window = StepWindow(device, cfg.train)
         self.faults = FaultPlan.from_environment()
         self.step_ctx = StepContext(loss=cfg.loss, autocast=self.autocast)
@@ -289,7 +299,8 @@ class StageTrainer:
                 self.train_step()
                 log = self.cadence.should_log(self.step)
                 validate = self.cadence.should_validate(self.step)  # a window end, even without images
-                checkpoint = self.checkpoints.due(self.step)
+                preempted = self.preemption_check_due(self.step) and self.preempted()
+                checkpoint = self.checkpoints.due(self.step) or preempted
                 if not (log or validate or checkpoint):
                     continue  # inside a window: nothing is read from the device
                 if log:
@@ -299,7 +310,9 @@ class StageTrainer:
                 if validate and self.val_files:
                     self.validate()
                 if checkpoint:
-                    self.save_checkpoint()
+                    # A node is about to go: store this one before training on (sync), so the
+                    # newest complete checkpoint is never more than one check old.
+                    self.save_checkpoint(wait=preempted)
             self.finish()
         finally:
             self.loader.close()
@@ -460,6 +473,28 @@ class StageTrainer:
         )
         return True
 
+    def preemption_check_due(self, step: int) -> bool:
+        """Whether every rank asks about preemption after ``step`` (not at the last: ``finish``
+        checkpoints it anyway)."""
+        interval = self.cfg.train.preemption_check_interval
+        return (
+            self.preemption_notice is not None
+            and interval > 0
+            and step % interval == 0
+            and step < self.stage_cfg.iterations
+        )
+
+    def preempted(self) -> bool:
+        """Ask whether a node of the run is being reclaimed (a barrier); say so on the first notice."""
+        notice = self.preemption_notice()
+        if notice is not None and not self.preemption_noticed:
+            self.preemption_noticed = True
+            self.monitor.message(
+                f"preemption notice at step {self.step}: {notice}; checkpointing now and every "
+                f"{self.cfg.train.preemption_check_interval} steps until the node is gone"
+            )
+        return notice is not None
+
     def log_window(self) -> None:
         """All-reduced means of the window's losses, speed, lr and memory to TensorBoard."""
         self._check_nonfinite()
@@ -503,8 +538,9 @@ class StageTrainer:
             "val/ssim_bicubic": float(sums[3]) / count,
         }
 
-    def save_checkpoint(self, extra_metrics: dict[str, Any] | None = None) -> None:
-        """Checkpoint the stage's state now (every rank calls it: a barrier)."""
+    def save_checkpoint(self, extra_metrics: dict[str, Any] | None = None, wait: bool = False) -> None:
+        """Checkpoint the stage's state now (every rank calls it: a barrier); ``wait``: stored
+        before this returns, whatever ``train.checkpoint_upload`` says."""
         metrics = {
             "step": self.step,
             "stage": self.stage,
@@ -512,7 +548,7 @@ class StageTrainer:
             **self.last_val,
             **(extra_metrics or {}),
         }
-        self.checkpoints.save(self.state_dict(), metrics)
+        self.checkpoints.save(self.state_dict(), metrics, wait=wait)
         self.monitor.upload_events()
 
     def final_metrics(self) -> dict[str, Any]:
