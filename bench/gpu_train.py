@@ -210,7 +210,8 @@ def measure_step(model: str, batch: int, precision: str, seconds: float) -> floa
 
     else:
         discriminator = Discriminator().to(device, memory_format=memory)
-        vgg = VGGFeatures("54", load_vgg19_features("random")).to(device, memory_format=memory)
+        vgg = VGGFeatures("54", load_vgg19_features("random")).to(device)
+        vgg.for_steps(channels_last=bf16, weight_dtype=torch.bfloat16 if bf16 else None)  # as the trainer
         perceptual = PerceptualLoss(vgg)
         opt_d = make_adam(discriminator.parameters(), 1e-4, device)
 

@@ -202,6 +202,23 @@ def test_a_resume_in_the_other_memory_layout_updates_as_if_the_layout_had_not_ch
             torch.testing.assert_close(b[part][key], value, msg=f"{part}.{key}")
 
 
+def test_the_steps_run_the_vgg_in_the_models_layout(photos, tmp_path):
+    """With channels_last on (forced here on the CPU), the frozen VGG's convolutions are
+    channels_last too, as the batches and G are, and its ReLUs work in place."""
+    from torch import nn
+
+    trainer = make_trainer(tiny_config(tmp_path), "srgan", photos, Recorder(tmp_path / "unused"))
+    trainer.use_channels_last = True
+    trainer.resume(handoff(trainer.cfg, tmp_path))
+    models = trainer._wrap_models()
+    vgg = models.perceptual.vgg.features
+    convs = [module for module in vgg if isinstance(module, nn.Conv2d)]
+    assert convs and all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in convs)
+    assert not convs[-1].weight.is_contiguous()
+    assert all(module.inplace for module in vgg if isinstance(module, nn.ReLU))
+    assert trainer.amp_dtype is None  # bf16 autocast (and bf16 VGG weights) only on a GPU
+
+
 def test_ema_update_follows_the_warmed_up_formula():
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)

@@ -315,8 +315,9 @@ class StageTrainer:
 
     def _wrap_models(self) -> StepModels:
         """The models as the stage's step runs them: ``trainables``' models (channels_last on a
-        GPU when asked) wrapped in DDP and ``torch.compile``; checkpoints, EMA and export use the
-        plain ones, which share their parameters."""
+        GPU when asked) wrapped in DDP and ``torch.compile``, and the frozen VGG in the steps'
+        layout and autocast dtype; checkpoints, EMA and export use the plain ones, which share
+        their parameters."""
         plain = self.trainables
         if self.use_channels_last:
             ema = self.ema.module if self.ema is not None else None
@@ -324,6 +325,8 @@ class StageTrainer:
                 if model is not None:
                     model.to(memory_format=torch.channels_last)
         plain.moments_follow_parameters()  # after the conversion and any checkpoint load
+        if self.perceptual is not None:
+            self.perceptual.vgg.for_steps(channels_last=self.use_channels_last, weight_dtype=self.amp_dtype)
         wrapped = lambda model: wrap(model, self.world_size, self.device, self.cfg.train.compile)  # noqa: E731
         return StepModels(
             generator=wrapped(plain.generator),
@@ -388,9 +391,14 @@ class StageTrainer:
             monitor.message(f"generator EMA on (decay {self.ema.decay}): validation and export use it")
         return monitor
 
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the steps (bf16 on a GPU with ``train.amp=bf16``), else None."""
+        return torch.bfloat16 if self.device.type == "cuda" and self.cfg.train.amp == "bf16" else None
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda" and self.cfg.train.amp == "bf16":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.amp_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
     @property
