@@ -299,7 +299,8 @@ class ScalingConfig:
     ``cpu`` never uses GPUs."""
     resource_timeout_s: float = 900.0
     """With ``accelerator: gpu``: how long to wait for the cluster to have a GPU per worker before
-    giving up with an error (nothing is started or lost by then)."""
+    giving up with an error (nothing is started or lost by then). In a fixed-size run, also how long
+    each start of the worker group waits for its resources to be free before the run stops."""
     cpus_per_worker: float = 1.0
     """CPUs Ray reserves for each worker (data decoding threads run inside it)."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
