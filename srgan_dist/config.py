@@ -254,6 +254,10 @@ class TrainConfig:
     """Use channels_last memory format on GPU workers."""
     compile: bool = False
     """Wrap the generator and discriminator in ``torch.compile``."""
+    ddp_comm_hook: Literal["none", "bf16"] = "none"
+    """With several workers: ``bf16`` all-reduces the gradients in bfloat16 (torch's
+    ``bf16_compress_hook``), half the bytes on the network (D's ~94 MB per step become ~47 MB), at
+    bf16's 8-bit mantissa for the averaged gradient; works with NCCL and gloo."""
     on_nonfinite: Literal["error", "skip"] = "error"
     """A NaN/inf loss stops the stage (``error``) or skips that step (``skip``, counted)."""
     max_nonfinite_skips: int = 20

@@ -167,11 +167,18 @@ def load_handoff_generator(generator: Generator, path: str, cfg: Config) -> None
     generator.load_state_dict(loaded.state_dict())
 
 
-def wrap(model: nn.Module, world_size: int, device: torch.device, compile_model: bool) -> nn.Module:
-    """``model`` as a step runs it: DDP over the ranks, then ``torch.compile`` when asked."""
+def wrap(
+    model: nn.Module, world_size: int, device: torch.device, compile_model: bool, comm_hook: str = "none"
+) -> nn.Module:
+    """``model`` as a step runs it: DDP over the ranks (with ``train.ddp_comm_hook``), then
+    ``torch.compile`` when asked."""
     if world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        if comm_hook == "bf16":
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+
+            model.register_comm_hook(state=None, hook=bf16_compress_hook)  # None: the default group
     return torch.compile(model) if compile_model else model
 
 
@@ -327,7 +334,8 @@ class StageTrainer:
         plain.moments_follow_parameters()  # after the conversion and any checkpoint load
         if self.perceptual is not None:
             self.perceptual.vgg.for_steps(channels_last=self.use_channels_last, weight_dtype=self.amp_dtype)
-        wrapped = lambda model: wrap(model, self.world_size, self.device, self.cfg.train.compile)  # noqa: E731
+        train = self.cfg.train
+        wrapped = lambda model: wrap(model, self.world_size, self.device, train.compile, train.ddp_comm_hook)  # noqa: E731
         return StepModels(
             generator=wrapped(plain.generator),
             optimizer_g=plain.optimizer_g,
