@@ -423,22 +423,23 @@ class StageTrainer:
         # run draws exactly what an uninterrupted one would.
         torch.manual_seed(derive_seed(self.cfg.train.seed, self.rank, self.step))
         step_start = time.perf_counter()
-        lr, hr = next(self.loader)
-        data_s = time.perf_counter() - step_start
-        if self.use_channels_last:
-            lr = lr.contiguous(memory_format=torch.channels_last)
-            hr = hr.contiguous(memory_format=torch.channels_last)
-        hr = self.faults.corrupt_target(self.stage, self.step + 1, self.rank, hr)
-        values = STEP_FUNCTIONS[self.stage](self.wrapped, lr, hr, self.step_ctx)
-        finite = values.pop("finite")
-        self.trainables.scheduler_step()
-        if self.ema is not None:
-            self.ema.update(self.trainables.generator)
-        self.step += 1
-        self.data_state = self.loader.state_dict()
+        with self.faults.step_guard(self.step + 1, self.device):
+            lr, hr = next(self.loader)
+            data_s = time.perf_counter() - step_start
+            if self.use_channels_last:
+                lr = lr.contiguous(memory_format=torch.channels_last)
+                hr = hr.contiguous(memory_format=torch.channels_last)
+            hr = self.faults.corrupt_target(self.stage, self.step + 1, self.rank, hr)
+            values = STEP_FUNCTIONS[self.stage](self.wrapped, lr, hr, self.step_ctx)
+            finite = values.pop("finite")
+            self.trainables.scheduler_step()
+            if self.ema is not None:
+                self.ema.update(self.trainables.generator)
+            self.step += 1
+            self.data_state = self.loader.state_dict()
+            self.window.add(self.step, values, finite, data_s)
         self.train_time_s += time.perf_counter() - step_start
         self.faults.after_step(self.stage, self.step, self.rank)
-        self.window.add(self.step, values, finite, data_s)
 
     def _check_nonfinite(self) -> None:
         """Read the window's non-finite steps (one sync) and decide whether the stage stops."""
