@@ -172,10 +172,12 @@ class Sizes(NamedTuple):
     hr: int = 96
     vgg_layer: str = "54"
     batches: tuple[int, ...] = BATCHES
+    min_steps: int = 10
+    """The fewest timed steps per measurement."""
 
 
 PAPER = Sizes()
-TINY = Sizes(num_blocks=1, channels=8, disc_channels=8, hr=32, vgg_layer="22", batches=(2, 4))
+TINY = Sizes(num_blocks=1, channels=8, disc_channels=8, hr=32, vgg_layer="22", batches=(2, 4), min_steps=1)
 
 
 def synchronize(device) -> None:
@@ -185,19 +187,22 @@ def synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_rate(step: Callable[[], object], samples_per_step: int, seconds: float, device=None) -> float:
+def timed_rate(
+    step: Callable[[], object], samples_per_step: int, seconds: float, device=None, min_count: int = 10
+) -> float:
     """Samples/s of ``step``: warm up, size the run from a synced estimate, time it."""
     import torch
 
     device = device or torch.device("cuda", 0)
-    for _ in range(3):
+    warm = min(3, min_count)
+    for _ in range(warm):
         step()
     synchronize(device)
     start = time.perf_counter()
-    for _ in range(3):
+    for _ in range(warm):
         step()
     synchronize(device)
-    count = max(10, int(seconds / ((time.perf_counter() - start) / 3)))
+    count = max(min_count, int(seconds / ((time.perf_counter() - start) / warm)))
     start = time.perf_counter()
     for _ in range(count):
         step()
@@ -262,7 +267,7 @@ def measure_step(
             )
             flags.append(values["finite"])
 
-    rate = timed_rate(step, batch, seconds, device)
+    rate = timed_rate(step, batch, seconds, device, sizes.min_steps)
     if not bool(torch.stack(flags).all()):  # one read at the end, as the loop does per window
         raise SystemExit(f"{model} batch {batch} {precision}: a step had non-finite gradients")
     return rate
@@ -303,7 +308,9 @@ def measure_loaders(tiles: list[str], threads: int, seconds: float) -> dict:
     return {**rates, "threads": threads, "tiles": len(tiles)}
 
 
-def measure_fidelity(tiles: list[str], work: Path) -> dict:
+def measure_fidelity(tiles: list[str], work: Path, device=None) -> dict:
+    """Grey-level differences: the DALI loader's LR vs PIL bicubic of its own HR crop, and DALI's
+    decode of a 4:2:0 JPEG vs PIL's (``mixed`` on a GPU, the CPU decoder with ``device`` cpu)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -311,9 +318,10 @@ def measure_fidelity(tiles: list[str], work: Path) -> dict:
     from srgan_dist.data import build_train_loader, load_rgb
     from srgan_dist.data.resize import bicubic_downscale
 
+    device = device or torch.device("cuda", 0)
     loader = build_train_loader(
         tiles, loader="dali", scale=4, hr_patch_size=96, batch_size=16, rank=0, world_size=1,
-        device=torch.device("cuda", 0), seed=0, num_threads=4,
+        device=device, seed=0, num_threads=4,
     )  # fmt: skip
     diffs = []
     for _ in range(4):
@@ -332,8 +340,8 @@ def measure_fidelity(tiles: list[str], work: Path) -> dict:
     Image.fromarray(photo).save(path, quality=90, subsampling=2)
     with Image.open(path) as image:
         pil = np.asarray(image.convert("RGB")).astype(np.int64)
-    fancy = np.abs(_dali_decode(str(path), fancy=True) - pil)
-    plain = np.abs(_dali_decode(str(path), fancy=False) - pil)
+    fancy = np.abs(_dali_decode(str(path), fancy=True, device=device) - pil)
+    plain = np.abs(_dali_decode(str(path), fancy=False, device=device) - pil)
     return {
         "lr_mean": float(lr_diff.mean()), "lr_max": float(lr_diff.max()),
         "decode_fancy_mean": float(fancy.mean()), "decode_fancy_max": float(fancy.max()),
@@ -341,21 +349,25 @@ def measure_fidelity(tiles: list[str], work: Path) -> dict:
     }  # fmt: skip
 
 
-def _dali_decode(path: str, *, fancy: bool):
+def _dali_decode(path: str, *, fancy: bool, device):
     import numpy as np
     from nvidia.dali import fn, pipeline_def
 
     from srgan_dist.data.dali_pipeline import decoder_kwargs
 
-    @pipeline_def(batch_size=1, num_threads=1, device_id=0)
+    on_gpu = device.type == "cuda"
+    decode_device = "mixed" if on_gpu else "cpu"
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=(device.index or 0) if on_gpu else None)
     def decode():
         encoded, _ = fn.readers.file(files=[path])
-        return fn.decoders.image(encoded, **{**decoder_kwargs("mixed"), "jpeg_fancy_upsampling": fancy})
+        return fn.decoders.image(encoded, **{**decoder_kwargs(decode_device), "jpeg_fancy_upsampling": fancy})
 
     pipe = decode()
     pipe.build()
     (out,) = pipe.run()
-    return np.array(out.as_cpu()[0]).astype(np.int64)
+    out = out.as_cpu() if on_gpu else out
+    return np.array(out[0]).astype(np.int64)
 
 
 def measure_upscale(tiles: list[str], repeats: int = 3) -> dict:
