@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # The tested torch pair (a CUDA 13 build; runs on CPU when there is no GPU).
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean gpu-check gpu-check-cpu
 
 setup: $(STAMP)
 
@@ -42,3 +42,11 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The GPU acceptance run on one CUDA GPU (bench/gpu_check.py: a PASS/FAIL line per check, every
+# number in gpu_check.json), and the same checks in CPU mode (tiny sizes; make test runs it too).
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py --json gpu_check.json
+
+gpu-check-cpu: $(STAMP)
+	$(PY) bench/gpu_check.py --cpu

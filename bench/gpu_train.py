@@ -19,8 +19,9 @@ the weights' values). Exit status 1 with a message when torch sees no CUDA GPU.
    ``jpeg_fancy_upsampling``.
 5. ``upscale``: the same image upscaled on CUDA and on the CPU; max difference and output MP/s.
 6. ``--ray`` only: ``launch.py`` with configs/div2k_x4.yaml (paper model) on 1 worker, both stages
-   for a few hundred steps; samples/s from its ``summary.json`` vs a bare loop (this script's
-   DALI ``mixed`` loader + bf16 + channels_last SRResNet step in one process). Target >= 0.95x.
+   for a few hundred steps, vs the same ``StageTrainer`` run in this process without Ray (same
+   config: EMA, scheduler, log windows, DALI ``mixed``); each side's steady-state samples/s is the
+   median of its logged windows after the first (warm-up). Target Ray / bare >= 0.95x.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import platform
 import subprocess
@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from _report import write_section
 
@@ -140,10 +141,12 @@ def report(results: dict) -> str:
     else:
         parts += [
             "",
-            f"Ray Train, 1 worker, configs/div2k_x4.yaml, {ray['steps']} steps per stage: SRResNet "
-            f"{_num(ray['srresnet'])} samples/s, SRGAN {_num(ray['srgan'])} samples/s (summary.json); "
-            f"bare loop (DALI mixed + bf16+CL SRResNet step, one process) {_num(ray['bare'])} "
-            f"samples/s: Ray / bare {verdict(ratio(ray['srresnet'], ray['bare']), TARGET_RAY_OVER_BARE)}.",
+            "Ray Train, 1 worker (launch.py, configs/div2k_x4.yaml, EMA on) vs the same StageTrainer "
+            "in one process without Ray, steady state (median of the logged windows after the first), "
+            f"samples/s: SRResNet {_num(ray['srresnet']['ray'])} vs {_num(ray['srresnet']['bare'])}, "
+            f"Ray / bare {verdict(ray['srresnet']['ratio'], TARGET_RAY_OVER_BARE)}; SRGAN "
+            f"{_num(ray['srgan']['ray'])} vs {_num(ray['srgan']['bare'])}, Ray / bare "
+            f"{verdict(ray['srgan']['ratio'], TARGET_RAY_OVER_BARE)}.",
         ]
     return "\n".join(parts)
 
@@ -159,26 +162,57 @@ def _ratio(value: float | None) -> str:
 # --------------------------------------------------------------------------- measurements (GPU)
 
 
-def timed_rate(step: Callable[[], object], samples_per_step: int, seconds: float) -> float:
-    """Samples/s of ``step`` on the GPU: warm up, size the run from a synced estimate, time it."""
+class Sizes(NamedTuple):
+    """The models and batches a measurement runs: the paper's on a GPU, tiny ones for the CPU
+    mode of ``bench/gpu_check.py`` (the same code, seconds on 2 cores)."""
+
+    num_blocks: int = 16
+    channels: int = 64
+    disc_channels: int = 64
+    hr: int = 96
+    vgg_layer: str = "54"
+    batches: tuple[int, ...] = BATCHES
+    min_steps: int = 10
+    """The fewest timed steps per measurement."""
+
+
+PAPER = Sizes()
+TINY = Sizes(num_blocks=1, channels=8, disc_channels=8, hr=32, vgg_layer="22", batches=(2, 4), min_steps=1)
+
+
+def synchronize(device) -> None:
     import torch
 
-    for _ in range(3):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_rate(
+    step: Callable[[], object], samples_per_step: int, seconds: float, device=None, min_count: int = 10
+) -> float:
+    """Samples/s of ``step``: warm up, size the run from a synced estimate, time it."""
+    import torch
+
+    device = device or torch.device("cuda", 0)
+    warm = min(3, min_count)
+    for _ in range(warm):
         step()
-    torch.cuda.synchronize()
+    synchronize(device)
     start = time.perf_counter()
-    for _ in range(3):
+    for _ in range(warm):
         step()
-    torch.cuda.synchronize()
-    count = max(10, int(seconds / ((time.perf_counter() - start) / 3)))
+    synchronize(device)
+    count = max(min_count, int(seconds / ((time.perf_counter() - start) / warm)))
     start = time.perf_counter()
     for _ in range(count):
         step()
-    torch.cuda.synchronize()
+    synchronize(device)
     return count * samples_per_step / (time.perf_counter() - start)
 
 
-def measure_step(model: str, batch: int, precision: str, seconds: float) -> float:
+def measure_step(
+    model: str, batch: int, precision: str, seconds: float, device=None, sizes: Sizes = PAPER
+) -> float:
     """Samples/s of ``srresnet_step`` or ``srgan_step`` on synthetic batches (data excluded)."""
     import torch
 
@@ -188,17 +222,20 @@ def measure_step(model: str, batch: int, precision: str, seconds: float) -> floa
     from srgan_dist.train.steps import StepContext, StepModels, make_adam, srgan_step, srresnet_step
     from srgan_dist.vgg_weights import load_vgg19_features
 
-    device = torch.device("cuda", 0)
+    device = device or torch.device("cuda", 0)
     bf16 = precision == "bf16+CL"
     memory = torch.channels_last if bf16 else torch.contiguous_format
     torch.manual_seed(0)
-    generator = Generator(num_blocks=16, channels=64, scale=4, norm="batch").to(device, memory_format=memory)
+    generator = Generator(num_blocks=sizes.num_blocks, channels=sizes.channels, scale=4, norm="batch")
+    generator = generator.to(device, memory_format=memory)
     ctx = StepContext(
         loss=LossConfig(),
-        autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext,
+        autocast=(lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+        if bf16
+        else contextlib.nullcontext,
     )
-    lr = torch.rand(batch, 3, 24, 24, device=device).contiguous(memory_format=memory)
-    hr = (torch.rand(batch, 3, 96, 96, device=device) * 2 - 1).contiguous(memory_format=memory)
+    lr = torch.rand(batch, 3, sizes.hr // 4, sizes.hr // 4, device=device).contiguous(memory_format=memory)
+    hr = (torch.rand(batch, 3, sizes.hr, sizes.hr, device=device) * 2 - 1).contiguous(memory_format=memory)
     opt_g = make_adam(generator.parameters(), 1e-4, device)
     flags = []
     if model == "srresnet":
@@ -209,8 +246,9 @@ def measure_step(model: str, batch: int, precision: str, seconds: float) -> floa
             )
 
     else:
-        discriminator = Discriminator().to(device, memory_format=memory)
-        vgg = VGGFeatures("54", load_vgg19_features("random")).to(device, memory_format=memory)
+        discriminator = Discriminator(channels=sizes.disc_channels).to(device, memory_format=memory)
+        vgg = VGGFeatures(sizes.vgg_layer, load_vgg19_features("random")).to(device)
+        vgg.for_steps(channels_last=bf16, weight_dtype=torch.bfloat16 if bf16 else None)  # as the trainer
         perceptual = PerceptualLoss(vgg)
         opt_d = make_adam(discriminator.parameters(), 1e-4, device)
 
@@ -229,7 +267,7 @@ def measure_step(model: str, batch: int, precision: str, seconds: float) -> floa
             )
             flags.append(values["finite"])
 
-    rate = timed_rate(step, batch, seconds)
+    rate = timed_rate(step, batch, seconds, device, sizes.min_steps)
     if not bool(torch.stack(flags).all()):  # one read at the end, as the loop does per window
         raise SystemExit(f"{model} batch {batch} {precision}: a step had non-finite gradients")
     return rate
@@ -270,7 +308,9 @@ def measure_loaders(tiles: list[str], threads: int, seconds: float) -> dict:
     return {**rates, "threads": threads, "tiles": len(tiles)}
 
 
-def measure_fidelity(tiles: list[str], work: Path) -> dict:
+def measure_fidelity(tiles: list[str], work: Path, device=None) -> dict:
+    """Grey-level differences: the DALI loader's LR vs PIL bicubic of its own HR crop, and DALI's
+    decode of a 4:2:0 JPEG vs PIL's (``mixed`` on a GPU, the CPU decoder with ``device`` cpu)."""
     import numpy as np
     import torch
     from PIL import Image
@@ -278,9 +318,10 @@ def measure_fidelity(tiles: list[str], work: Path) -> dict:
     from srgan_dist.data import build_train_loader, load_rgb
     from srgan_dist.data.resize import bicubic_downscale
 
+    device = device or torch.device("cuda", 0)
     loader = build_train_loader(
         tiles, loader="dali", scale=4, hr_patch_size=96, batch_size=16, rank=0, world_size=1,
-        device=torch.device("cuda", 0), seed=0, num_threads=4,
+        device=device, seed=0, num_threads=4,
     )  # fmt: skip
     diffs = []
     for _ in range(4):
@@ -299,8 +340,8 @@ def measure_fidelity(tiles: list[str], work: Path) -> dict:
     Image.fromarray(photo).save(path, quality=90, subsampling=2)
     with Image.open(path) as image:
         pil = np.asarray(image.convert("RGB")).astype(np.int64)
-    fancy = np.abs(_dali_decode(str(path), fancy=True) - pil)
-    plain = np.abs(_dali_decode(str(path), fancy=False) - pil)
+    fancy = np.abs(_dali_decode(str(path), fancy=True, device=device) - pil)
+    plain = np.abs(_dali_decode(str(path), fancy=False, device=device) - pil)
     return {
         "lr_mean": float(lr_diff.mean()), "lr_max": float(lr_diff.max()),
         "decode_fancy_mean": float(fancy.mean()), "decode_fancy_max": float(fancy.max()),
@@ -308,21 +349,25 @@ def measure_fidelity(tiles: list[str], work: Path) -> dict:
     }  # fmt: skip
 
 
-def _dali_decode(path: str, *, fancy: bool):
+def _dali_decode(path: str, *, fancy: bool, device):
     import numpy as np
     from nvidia.dali import fn, pipeline_def
 
     from srgan_dist.data.dali_pipeline import decoder_kwargs
 
-    @pipeline_def(batch_size=1, num_threads=1, device_id=0)
+    on_gpu = device.type == "cuda"
+    decode_device = "mixed" if on_gpu else "cpu"
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=(device.index or 0) if on_gpu else None)
     def decode():
         encoded, _ = fn.readers.file(files=[path])
-        return fn.decoders.image(encoded, **{**decoder_kwargs("mixed"), "jpeg_fancy_upsampling": fancy})
+        return fn.decoders.image(encoded, **{**decoder_kwargs(decode_device), "jpeg_fancy_upsampling": fancy})
 
     pipe = decode()
     pipe.build()
     (out,) = pipe.run()
-    return np.array(out.as_cpu()[0]).astype(np.int64)
+    out = out.as_cpu() if on_gpu else out
+    return np.array(out[0]).astype(np.int64)
 
 
 def measure_upscale(tiles: list[str], repeats: int = 3) -> dict:
@@ -359,52 +404,105 @@ def measure_upscale(tiles: list[str], repeats: int = 3) -> dict:
     }
 
 
-def bare_loop_rate(tiles: list[str], threads: int, seconds: float) -> float:
-    """Samples/s of DALI ``mixed`` batches feeding the bf16+CL SRResNet step (batch 16), one process."""
-    import torch
-
-    from srgan_dist.config import LossConfig
-    from srgan_dist.data import build_train_loader
-    from srgan_dist.models import Generator
-    from srgan_dist.train.steps import StepContext, StepModels, make_adam, srresnet_step
-
-    device = torch.device("cuda", 0)
-    torch.manual_seed(0)
-    generator = Generator().to(device, memory_format=torch.channels_last)
-    optimizer = make_adam(generator.parameters(), 1e-4, device)
-    ctx = StepContext(loss=LossConfig(), autocast=lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-    loader = build_train_loader(
-        tiles, loader="dali", scale=4, hr_patch_size=96, batch_size=16, rank=0, world_size=1,
-        device=device, seed=0, num_threads=threads,
-    )  # fmt: skip
-
-    def step():
-        lr, hr = next(loader)
-        lr, hr = (t.contiguous(memory_format=torch.channels_last) for t in (lr, hr))
-        srresnet_step(StepModels(generator=generator, optimizer_g=optimizer), lr, hr, ctx)
-
-    try:
-        return timed_rate(step, 16, seconds)
-    finally:
-        loader.close()
+def mini_run_overrides(tile_dir: str, steps: int, window: int) -> list[str]:
+    """Both stages for ``steps`` steps, logging every ``window`` steps, one checkpoint at the end,
+    no validation; random VGG (no download)."""
+    overrides = [f"data.train={tile_dir}", "data.val=", "loss.vgg_weights=random", "scaling.num_workers=1"]
+    for stage in ("srresnet", "srgan"):
+        overrides += [
+            f"{stage}.iterations={steps}", f"{stage}.log_interval={window}",
+            f"{stage}.checkpoint_interval={steps}", f"{stage}.val_interval={steps}",
+        ]  # fmt: skip
+    return overrides
 
 
-def ray_run(tiles: list[str], work: Path, steps: int) -> dict:
-    """Both stages of configs/div2k_x4.yaml on 1 Ray worker; samples/s per stage from summary.json."""
-    tile_dir = Path(tiles[0]).parent
+def stage_windows(event_dir: Path) -> dict[str, list[float]]:
+    """Every logged window's scalars of one stage's TensorBoard folder, by tag, in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [event.value for event in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def steady_rate(windows: dict[str, list[float]]) -> float:
+    """Median samples/s of the windows after the first (the first holds the warm-up: CUDA and
+    cuDNN autotuning, the first fused Adam's imports, DALI's first batches)."""
+    import statistics
+
+    rates = windows["perf/samples_per_s"]
+    if len(rates) < 2:
+        raise SystemExit(f"need at least 2 logged windows for a steady-state rate, got {len(rates)}")
+    return statistics.median(rates[1:])
+
+
+def stage_results(run_root: Path) -> dict[str, dict]:
+    """Per stage of a finished run: its steady rate, windows, peak GPU memory and skipped steps."""
+    results = {}
+    for stage in ("srresnet", "srgan"):
+        windows = stage_windows(run_root / "tensorboard" / stage)
+        results[stage] = {
+            "steady_samples_per_s": steady_rate(windows),
+            "window_samples_per_s": windows["perf/samples_per_s"],
+            "peak_memory_mib": max(windows.get("perf/gpu_max_memory_mib", [0.0])),
+            "nonfinite_skips": int(windows["train/nonfinite_skips"][-1]),
+        }
+    return results
+
+
+def ray_run(config: Path, overrides: list[str], work: Path, env: dict[str, str] | None = None) -> dict:
+    """``launch.py`` (embedded Ray, 1 Ray Train worker) with ``config`` and ``overrides``; the
+    stages' steady rates and memory from its TensorBoard windows."""
     command = [
-        sys.executable, str(ROOT / "launch.py"), "--config", str(ROOT / "configs" / "div2k_x4.yaml"),
-        "--name", "gpu_bench", "--storage", str(work / "runs"), "--workers", "1",
-        f"data.train={tile_dir}", "data.val=", "loss.vgg_weights=random",
-        *(f"{stage}.{key}={steps}" for stage in ("srresnet", "srgan")
-          for key in ("iterations", "log_interval", "checkpoint_interval", "val_interval")),
+        sys.executable, str(ROOT / "launch.py"), "--config", str(config), "--name", "mini",
+        "--storage", str(work / "ray"), "--workers", "1", *overrides,
     ]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True)
+    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if completed.returncode != 0:
         sys.stdout.write(completed.stdout[-4000:] + completed.stderr[-4000:])
-        raise SystemExit("the --ray training run failed (its output is above)")
-    stages = json.loads((work / "runs" / "gpu_bench" / "summary.json").read_text())["stages"]
-    return {"steps": steps, **{stage: stages[stage]["samples_per_s"] for stage in ("srresnet", "srgan")}}
+        raise SystemExit("the launch.py run failed (its output is above)")
+    return stage_results(work / "ray" / "mini")
+
+
+def bare_run(config: Path, overrides: list[str], work: Path, device) -> dict:
+    """The same stages through the same ``StageTrainer`` (EMA, scheduler, windows, checkpoints) in
+    this process, without Ray: what Ray Train's share of the step rate is measured against."""
+    import torch
+
+    from srgan_dist.config import load_config, resolve_paths
+    from srgan_dist.data import scan_images
+    from srgan_dist.rundir import RunDir
+    from srgan_dist.train.trainer import StageTrainer
+
+    threads = torch.get_num_threads()
+    cfg = resolve_paths(load_config(config, [*overrides, f"run.storage={work / 'bare'}", "run.name=mini"]))
+    files = scan_images(
+        cfg.data.train, role="train", min_side=96, data_cfg=cfg.data, cache_dir=work / "cache"
+    ).files
+    run_dir = RunDir.of(cfg.run.storage, cfg.run.name)
+    try:
+        for stage in cfg.train.stages:
+            trainer = StageTrainer(
+                cfg, stage, rank=0, world_size=1, device=device, run_dir=run_dir, train_files=files,
+                val_files=[], report=lambda metrics, directory, name: None,
+            )  # fmt: skip
+            trainer.resume(None)
+            trainer.run()
+    finally:
+        torch.set_num_threads(threads)  # StageTrainer sets scaling.cpus_per_worker
+    return stage_results(run_dir.root)
+
+
+def ray_vs_bare(ray: dict, bare: dict) -> dict:
+    """Steady-state samples/s per stage, through Ray Train and bare, and their ratio."""
+    return {
+        stage: {
+            "ray": ray[stage]["steady_samples_per_s"],
+            "bare": bare[stage]["steady_samples_per_s"],
+            "ratio": ratio(ray[stage]["steady_samples_per_s"], bare[stage]["steady_samples_per_s"]),
+        }
+        for stage in ("srresnet", "srgan")
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         help="loader threads, the same for DALI and PIL (default min(8, CPU cores))",
     )  # fmt: skip
     parser.add_argument("--ray", action="store_true", help="also run launch.py on 1 Ray worker (both stages)")
-    parser.add_argument("--ray-steps", type=int, default=200, help="steps per stage with --ray (default 200)")
+    parser.add_argument(
+        "--ray-steps", type=int, default=200, help="steps per stage with --ray, 4 log windows (default 200)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
 
@@ -464,8 +564,11 @@ def main(argv: list[str] | None = None) -> int:
         results["upscale"] = measure_upscale(tiles)
         print(f"upscale: {results['upscale']}", flush=True)
         if args.ray:
-            results["ray"] = ray_run(tiles, work, args.ray_steps)
-            results["ray"]["bare"] = bare_loop_rate(tiles, args.threads, args.seconds)
+            config, device = ROOT / "configs" / "div2k_x4.yaml", torch.device("cuda", 0)
+            overrides = mini_run_overrides(str(Path(tiles[0]).parent), args.ray_steps, args.ray_steps // 4)
+            results["ray"] = ray_vs_bare(
+                ray_run(config, overrides, work), bare_run(config, overrides, work, device)
+            )
             print(f"ray: {results['ray']}", flush=True)
 
     import nvidia.dali

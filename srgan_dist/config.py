@@ -266,6 +266,10 @@ class TrainConfig:
     """Use channels_last memory format on GPU workers."""
     compile: bool = False
     """Wrap the generator and discriminator in ``torch.compile``."""
+    ddp_comm_hook: Literal["none", "bf16"] = "none"
+    """With several workers: ``bf16`` all-reduces the gradients in bfloat16 (torch's
+    ``bf16_compress_hook``), half the bytes on the network (D's ~94 MB per step become ~47 MB), at
+    bf16's 8-bit mantissa for the averaged gradient; works with NCCL and gloo."""
     on_nonfinite: Literal["error", "skip"] = "error"
     """A NaN/inf loss stops the stage (``error``) or skips that step (``skip``, counted)."""
     max_nonfinite_skips: int = 20
@@ -336,7 +340,8 @@ class ScalingConfig:
     ``cpu`` never uses GPUs."""
     resource_timeout_s: float = 900.0
     """With ``accelerator: gpu``: how long to wait for the cluster to have a GPU per worker before
-    giving up with an error (nothing is started or lost by then)."""
+    giving up with an error (nothing is started or lost by then). In a fixed-size run, also how long
+    each start of the worker group waits for its resources to be free before the run stops."""
     cpus_per_worker: float = 1.0
     """CPUs Ray reserves for each worker (data decoding threads run inside it)."""
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"

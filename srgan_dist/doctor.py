@@ -228,28 +228,67 @@ def gpu_probe() -> Outcome:
     return "PASS", f"{cuda}; DALI mixed decode + resize of a JPEG ok", ""
 
 
+def discriminator_gradient_numel(cfg: Config) -> int:
+    """How many fp32 gradient values DDP all-reduces for D each SRGAN step (its parameters; ~23.5M,
+    94 MB, for the paper's D). Counted on the meta device: nothing is allocated."""
+    import torch
+
+    from srgan_dist.models import Discriminator
+
+    with torch.device("meta"):
+        discriminator = Discriminator(channels=cfg.model.disc_channels, norm=cfg.model.disc_norm)
+    return sum(parameter.numel() for parameter in discriminator.parameters())
+
+
+def timed_all_reduce(numel: int, device: Any, rank: int, repeats: int = 3) -> dict[str, float]:
+    """All-reduce a buffer of ``numel`` fp32 values (a warm-up, then the best of ``repeats``) in
+    the initialised process group; its sum, seconds and bandwidths in GB/s.
+
+    ``algbw_gb_s`` is bytes / time; ``busbw_gb_s`` is nccl-tests' bus bandwidth, algbw x 2(n-1)/n:
+    what a ring all-reduce moves through each rank's link, comparable across world sizes (0 for
+    one rank, which moves nothing)."""
+    import torch
+    import torch.distributed as dist
+
+    world_size = dist.get_world_size()
+    buffer = torch.empty(numel, device=device)
+    dist.all_reduce(buffer)  # warm-up: sets up the communicator and its buffers
+    seconds = float("inf")
+    for _ in range(repeats):
+        buffer.fill_(rank + 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        dist.all_reduce(buffer)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = min(seconds, time.perf_counter() - started)
+    algbw = numel * 4 / seconds / 1e9
+    return {
+        "sum": float(buffer[-1].item()),
+        "seconds": seconds,
+        "bytes": numel * 4,
+        "algbw_gb_s": algbw,
+        "busbw_gb_s": algbw * 2 * (world_size - 1) / world_size,
+    }
+
+
 def all_reduce_loop(config: dict[str, Any]) -> None:
-    """Ray Train worker: time one all-reduce of a small tensor after a warm-up one."""
+    """Ray Train worker: time all-reduces of a buffer of D's gradient size (``config["numel"]``)."""
     import ray.train
     import ray.train.torch
-    import torch
     import torch.distributed as dist
 
     rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
-    tensor = torch.ones(1024, device=device)
-    dist.all_reduce(tensor)  # the first call sets up the communicator
-    tensor.fill_(rank + 1)
-    started = time.perf_counter()
-    dist.all_reduce(tensor)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
+    timing = timed_all_reduce(int(config["numel"]), device, rank)
     nodes: list[str] = [""] * dist.get_world_size()
     dist.all_gather_object(nodes, ray.get_runtime_context().get_node_id()[:8])
     metrics = {
-        "sum": tensor[0].item(),
-        "all_reduce_ms": seconds * 1e3,
+        "sum": timing["sum"],
+        "all_reduce_ms": timing["seconds"] * 1e3,
+        "megabytes": timing["bytes"] / 1e6,
+        "busbw_gb_s": timing["busbw_gb_s"],
         "backend": dist.get_backend(),
         "nodes": nodes,
     }
@@ -561,7 +600,7 @@ class Doctor:
                 self.say(outcome[0], "vgg", node.label, outcome[1], outcome[2])
 
     def check_all_reduce(self, fits: bool) -> None:
-        """A Ray Train run of ``scaling.num_workers`` workers doing one timed all-reduce."""
+        """A Ray Train run of ``scaling.num_workers`` workers timing all-reduces of D's gradient size."""
         from ray.train import RunConfig
         from ray.train.torch import TorchTrainer
 
@@ -574,6 +613,7 @@ class Doctor:
         storage_path = join(self.storage, DOCTOR_DIR) if is_uri(self.storage) else self.probe_dir
         trainer = TorchTrainer(
             all_reduce_loop,
+            train_loop_config={"numel": discriminator_gradient_numel(self.cfg)},
             scaling_config=scaling_config(scaling, self.use_gpu),
             run_config=RunConfig(name="all-reduce", storage_path=storage_path),
         )
@@ -604,7 +644,8 @@ class Doctor:
         expected = world_size * (world_size + 1) / 2
         summary = (
             f"{world_size} workers ({metrics['backend']}, nodes {','.join(metrics['nodes'])}): "
-            f"all-reduce {metrics['all_reduce_ms']:.1f} ms, Ray Train run {wall:.1f} s wall"
+            f"all-reduce of D's gradients ({metrics['megabytes']:.1f} MB) {metrics['all_reduce_ms']:.1f} ms, "
+            f"bus bandwidth {metrics['busbw_gb_s']:.2f} GB/s; Ray Train run {wall:.1f} s wall"
         )
         if metrics["sum"] != expected:
             self.say(

@@ -45,10 +45,13 @@ from srgan_dist.console import RunLog, say
 from srgan_dist.data.scan import ConvertedCopies
 from srgan_dist.errors import UserError
 from srgan_dist.ray_session import (
+    StartBound,
     connect_ray,
     decide_gpu,
     embedded_capacity_problem,
+    fewest_workers,
     scaling_config,
+    start_timed_out,
     training_address_problem,
 )
 from srgan_dist.run_lock import RunLock
@@ -326,12 +329,17 @@ def fit_stages(
     prunes the stage's folder to ``<stage>.num_to_keep`` after each checkpoint
     (``checkpoint.prune_checkpoints``). Ray's list then names deleted folders, which would stop a
     later ``--resume``: :func:`forget_ray_checkpoint_list`.
+
+    Each start of the worker group (the first, and each restart) of a fixed-size run waits at
+    most ``scaling.resource_timeout_s`` for its resources to come free
+    (``ray_session.StartBound``); then the run stops with one line.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     from srgan_dist.train.loop import train_loop_per_worker
 
+    start_bound = StartBound.of(cfg.scaling)
     loop_config = {
         "config": to_dict(cfg),
         "run_dir": run_dir.location,
@@ -348,16 +356,28 @@ def fit_stages(
             failure_config=FailureConfig(
                 max_failures=cfg.train.max_failures,
                 max_preemption_failures=cfg.train.max_preemption_failures,
+                controller_failure_limit=start_bound.controller_failure_limit,
             ),
             checkpoint_config=CheckpointConfig(num_to_keep=None),
         ),
     )
     forget_ray_checkpoint_list(run_dir)
     try:
-        fit_interruptibly(trainer)
+        with start_bound.applied():
+            fit_interruptibly(trainer)
     except TrainingFailedError as error:
         log.info("Ray Train's error in full", exc_info=True)  # the log file's copy
         stage = failed_stage(cfg, run_dir)
+        if start_timed_out(error):
+            scaling = cfg.scaling
+            each = f"{scaling.cpus_per_worker:g} CPU" + (" + 1 GPU" if use_gpu else "")
+            raise RunError(
+                f"gave up after scaling.resource_timeout_s={scaling.resource_timeout_s:g} s: Ray Train "
+                f"could not place {fewest_workers(scaling)} worker(s) of {each} for stage {stage} (the "
+                "cluster has them, but not free: other jobs or actors hold them, or a node left). Check "
+                f"`ray status`, raise scaling.resource_timeout_s or use fewer --workers, then run the "
+                f"same command with --resume ({resume_point(run_dir, stage)})"
+            ) from error
         failures = describe_failure(error)
         full = storage_full(failures)
         if full:

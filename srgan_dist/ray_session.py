@@ -23,6 +23,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -330,6 +331,60 @@ def scaling_config(scaling: ScalingConfig, gpu: bool):
         use_gpu=gpu,
         resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if gpu else {})},
         placement_strategy=scaling.placement_strategy,
+    )
+
+
+# Ray Train 2.60 (ray/train/v2/_internal/constants.py): how long one start of a worker group waits
+# for its placement group before WorkerGroupStartupTimeoutError. The driver passes it on to the
+# Ray Train controller (ENV_VARS_TO_PROPAGATE), which reads it when it makes each worker group.
+WORKER_GROUP_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+@dataclass(frozen=True)
+class StartBound:
+    """How ``scaling.resource_timeout_s`` bounds each start of Ray Train's worker group.
+
+    Ray Train 2.60 waits ``RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S`` (60 s) for a worker group's
+    placement group, then raises ``WorkerGroupStartupTimeoutError``, a controller failure its
+    ``DefaultFailurePolicy`` retries ``FailureConfig.controller_failure_limit`` times (-1, no
+    limit, by default): a start whose resources never come free retries forever. A fixed-size run
+    therefore waits ``resource_timeout_s`` once per start and fails (limit 0). An elastic run keeps
+    Ray's retries: after a node is lost, the timed-out start of the old size is how it restarts on
+    fewer workers (``ElasticScalingPolicy``), and its wait for ``min_workers`` is Ray's own.
+    """
+
+    environment: dict[str, str]
+    controller_failure_limit: int
+
+    @classmethod
+    def of(cls, scaling: ScalingConfig) -> StartBound:
+        if isinstance(workers_setting(scaling), tuple):
+            return cls({}, -1)
+        return cls({WORKER_GROUP_START_TIMEOUT_ENV: f"{scaling.resource_timeout_s:g}"}, 0)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """The environment set for a Ray Train ``fit`` started in the block (the controller takes
+        the driver's values of Ray Train's variables when it is created), then put back."""
+        before = {name: os.environ.get(name) for name in self.environment}
+        os.environ.update(self.environment)
+        try:
+            yield
+        finally:
+            for name, value in before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def start_timed_out(error: BaseException) -> bool:
+    """Whether Ray Train failed because a worker group's resources did not come free in time."""
+    from ray.train import ControllerError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    return isinstance(error, ControllerError) and isinstance(
+        error.controller_failure, WorkerGroupStartupTimeoutError
     )
 
 

@@ -59,8 +59,20 @@ def test_report_ratios_and_verdicts(bench):
     assert "| PIL DataLoader | 900.0 | 0.50x | 2.00x |" in text
     assert "CUDA 5.00 MP/s" in text and "(100.00x)" in text
     assert "not run (pass `--ray`)" in text
-    missed = bench.report(results(ray={"steps": 200, "srresnet": 900.0, "srgan": 300.0, "bare": 1000.0}))
-    assert "Ray / bare 0.90x (target >= 0.95x: MISSED)" in missed
+    ray = bench.ray_vs_bare(
+        {"srresnet": {"steady_samples_per_s": 900.0}, "srgan": {"steady_samples_per_s": 300.0}},
+        {"srresnet": {"steady_samples_per_s": 1000.0}, "srgan": {"steady_samples_per_s": 300.0}},
+    )
+    missed = bench.report(results(ray=ray))
+    assert "900.0 vs 1000.0, Ray / bare 0.90x (target >= 0.95x: MISSED)" in missed
+    assert "300.0 vs 300.0, Ray / bare 1.00x (target >= 0.95x: met)" in missed
+
+
+def test_the_ray_and_bare_rates_are_steady_state_windows(bench):
+    """The first window (CUDA init, cuDNN autotuning, the first fused Adam) counts on neither side."""
+    assert bench.steady_rate({"perf/samples_per_s": [10.0, 100.0, 104.0, 98.0]}) == 100.0
+    with pytest.raises(SystemExit, match="at least 2 logged windows"):
+        bench.steady_rate({"perf/samples_per_s": [10.0]})
 
 
 def test_ratio_and_verdict_handle_missing_numbers(bench):

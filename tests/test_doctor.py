@@ -71,6 +71,30 @@ def test_vgg_check_offline_imagenet_fails_with_the_cache_fix(monkeypatch, tmp_pa
     assert status == "WARN" and "RANDOM" in reason
 
 
+def test_the_all_reduce_check_moves_ds_gradient_size_and_says_its_bandwidth():
+    """The buffer is D's parameter count (the paper's D: ~94 MB of fp32 gradients per step), from
+    the model; the timing sums right in a 1-rank gloo group (bus bandwidth 0: nothing moves)."""
+    import torch.distributed as dist
+
+    from srgan_dist.config import load_config
+    from srgan_dist.doctor import discriminator_gradient_numel, timed_all_reduce
+    from srgan_dist.models import Discriminator
+
+    paper = discriminator_gradient_numel(load_config(None, []))
+    assert 90e6 < paper * 4 < 100e6
+    small = load_config(None, ["model.disc_channels=8", "model.disc_norm=none"])
+    assert discriminator_gradient_numel(small) == sum(
+        p.numel() for p in Discriminator(channels=8, norm="none").parameters()
+    )
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        timing = timed_all_reduce(1000, torch.device("cpu"), rank=0)
+    finally:
+        dist.destroy_process_group()
+    assert timing["sum"] == 1.0 and timing["bytes"] == 4000 and timing["seconds"] > 0
+    assert timing["algbw_gb_s"] > 0 and timing["busbw_gb_s"] == 0
+
+
 def test_dali_decode_and_resize_on_cpu():
     """The helper the GPU check runs with ``mixed``; here with ``cpu`` (no GPU needed)."""
     from srgan_dist.data.dali_pipeline import decode_and_resize

@@ -95,3 +95,51 @@ def test_cpu_workers_beyond_the_cluster_wait_and_give_up_with_the_count(cluster,
     ):
         decide_gpu(load_config(None, overrides).scaling)
     assert "waiting for 50 CPU worker(s)" in capsys.readouterr().out
+
+
+def test_a_worker_group_whose_resources_stay_taken_stops_after_the_timeout(cluster, tmp_path):
+    """The cluster has the CPU a worker needs (the pre-flight wait passes at once) but an actor
+    holds it: Ray Train's start waits ``scaling.resource_timeout_s`` and the run stops with one
+    line. (Ray Train alone would retry the start every 60 s, forever.)"""
+    import ray
+
+    from srgan_dist.driver import RunError, fit_stages
+    from srgan_dist.rundir import RunDir
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    holder = Holder.remote()
+    ray.get(holder.ready.remote())
+    cfg = load_config(
+        None,
+        [
+            f"run.storage={tmp_path}",
+            "scaling.accelerator=cpu",
+            "scaling.num_workers=1",
+            "scaling.resource_timeout_s=2",
+        ],
+    )
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            fit_stages(cfg, RunDir.of(cfg.run.storage, cfg.run.name), ["unused.png"], [], use_gpu=False)
+        except RunError as error:
+            outcome["error"] = str(error)
+
+    started = time.monotonic()
+    runner = threading.Thread(target=fit, daemon=True)
+    runner.start()
+    runner.join(timeout=60)
+    ray.kill(holder)
+    assert not runner.is_alive(), "Ray Train still retries the worker group's start after 60 s"
+    assert time.monotonic() - started < 60
+    message = outcome["error"]
+    assert message.startswith(
+        "gave up after scaling.resource_timeout_s=2 s: Ray Train could not place 1 worker(s) of 1 CPU "
+        "for stage srresnet"
+    )
+    assert "\n" not in message and "--resume" in message

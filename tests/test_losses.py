@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -41,6 +42,39 @@ def test_perceptual_loss_gradient_reaches_generator_output(perceptual: Perceptua
     assert sr.grad is not None and sr.grad.abs().sum() > 0
     assert hr.grad is None  # the target branch runs without autograd
     assert all(p.grad is None for p in perceptual.parameters())  # VGG stays frozen
+
+
+@pytest.mark.parametrize("weight_dtype", [None, torch.bfloat16])
+def test_vgg_laid_out_for_steps_gives_the_reference_loss_and_gradient(weight_dtype) -> None:
+    """``VGGFeatures.for_steps`` (channels_last convs, weights in the autocast dtype) with in-place
+    ReLUs: the loss and SR gradient of plain NCHW fp32 layers with out-of-place ReLUs."""
+    features = _small_vgg_features()
+    reference = PerceptualLoss(VGGFeatures("12", copy.deepcopy(features)))
+    for module in reference.vgg.features:
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    laid_out = PerceptualLoss(VGGFeatures("12", features))
+    laid_out.vgg.for_steps(channels_last=True, weight_dtype=weight_dtype)
+    convs = [m for m in laid_out.vgg.features if isinstance(m, nn.Conv2d)]
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    assert all(m.weight.dtype == (weight_dtype or torch.float32) for m in convs)
+    assert all(m.inplace for m in laid_out.vgg.features if isinstance(m, nn.ReLU))
+    assert laid_out.vgg.mean.dtype == torch.float32  # the normalisation stays fp32
+
+    torch.manual_seed(1)
+    sr = torch.rand(2, 3, 16, 16) * 2 - 1
+    hr = torch.rand(2, 3, 16, 16) * 2 - 1
+    results = []
+    for loss_fn, layout in ((reference, torch.contiguous_format), (laid_out, torch.channels_last)):
+        leaf = sr.clone().contiguous(memory_format=layout).requires_grad_(True)
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=weight_dtype is not None)
+        with autocast:
+            loss = loss_fn(leaf, hr.contiguous(memory_format=layout))
+        loss.backward()
+        results.append((loss.detach(), leaf.grad))
+    (loss_ref, grad_ref), (loss, grad) = results
+    torch.testing.assert_close(loss, loss_ref)
+    torch.testing.assert_close(grad.contiguous(), grad_ref)
 
 
 def test_perceptual_loss_value(perceptual: PerceptualLoss) -> None:

@@ -91,3 +91,36 @@ def test_validation_and_evaluate_give_the_same_scores(tmp_path: Path) -> None:
 
     sums, grid = Validator(val_set, val_set[:1], SCALE, CPU, grid_crop=16).run(model, contextlib.nullcontext)
     assert sums[4] == 2 and grid is not None and grid.shape == (3, 24, 64)  # bicubic | SR | HR tiles
+
+
+def test_validation_runs_without_cudnn_autotuning_and_restores_it() -> None:
+    """Each validation image has its own size: cuDNN must not autotune each one (training turns
+    ``cudnn.benchmark`` on). The flag is off while the generator runs and back after, even when
+    the generator fails."""
+    from srgan_dist.data.validation import ValImage
+
+    seen: list[bool] = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self, fail: bool = False) -> None:
+            super().__init__()
+            self.fail = fail
+
+        def forward(self, lr: torch.Tensor) -> torch.Tensor:
+            seen.append(torch.backends.cudnn.benchmark)
+            if self.fail:
+                raise RuntimeError("generator failed")
+            return torch.nn.functional.interpolate(lr, scale_factor=SCALE) * 2 - 1
+
+    item = ValImage(torch.rand(1, 3, 6, 5), torch.rand(1, 3, 6 * SCALE, 5 * SCALE))
+    validator = Validator([item], [], SCALE, CPU, grid_crop=16)
+    was = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = True
+        validator.run(Recording(), contextlib.nullcontext)
+        assert seen == [False] and torch.backends.cudnn.benchmark is True
+        with pytest.raises(RuntimeError, match="generator failed"):
+            validator.run(Recording(fail=True), contextlib.nullcontext)
+        assert seen == [False, False] and torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = was

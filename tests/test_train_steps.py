@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -297,12 +298,23 @@ def _ddp_worker(rank: int, world_size: int, port: int, steps: int, out_dir: str)
             values = srgan_step(gan_models(generator, discriminator, opt_g, opt_d, perceptual), lr, hr, ctx)
             reductions_per_step.append(sorted(d_reductions))
             d_reductions.clear()
+        # train.ddp_comm_hook=bf16, through the trainer's own wrap: one backward of a small conv
+        from srgan_dist.train.trainer import wrap
+
+        torch.manual_seed(1)
+        plain = torch.nn.Conv2d(3, 4, 3)
+        hooked = wrap(copy.deepcopy(plain), world_size, torch.device("cpu"), False, comm_hook="bf16")
+        image = torch.rand(2, 3, 8, 8, generator=data)
+        plain(image).square().mean().backward()  # this rank's own gradient, no all-reduce
+        hooked(image).square().mean().backward()
         torch.save(
             {
                 "g": [p.detach() for p in generator.parameters()],
                 "d": [p.detach() for p in discriminator.parameters()],
                 "d_reductions": reductions_per_step,
                 "finite": float(values["finite"]),
+                "local_grads": [p.grad for p in plain.parameters()],
+                "hooked_grads": [p.grad for p in hooked.parameters()],
             },
             f"{out_dir}/rank{rank}.pt",
         )
@@ -332,3 +344,11 @@ def test_ddp_g_and_d_stay_identical_across_two_gloo_ranks(tmp_path):
         # of its buckets once (DDP rebuilds its buckets after the first step, hence "each").
         for buckets in result["d_reductions"]:
             assert buckets and len(set(buckets)) == len(buckets), result["d_reductions"]
+    # train.ddp_comm_hook=bf16 over gloo: every rank gets the mean of the ranks' gradients as bf16
+    # carried it (each value a bf16 number), within bf16's rounding of the exact mean.
+    means = [(a + b) / 2 for a, b in zip(ranks[0]["local_grads"], ranks[1]["local_grads"], strict=True)]
+    for rank in ranks:
+        for got, mean in zip(rank["hooked_grads"], means, strict=True):
+            assert torch.equal(got, got.to(torch.bfloat16).float())
+            torch.testing.assert_close(got, mean, rtol=2**-7, atol=1e-6)
+    assert any(not torch.equal(g, m) for g, m in zip(ranks[0]["hooked_grads"], means, strict=True))

@@ -78,13 +78,16 @@ def tiny_config(tmp_path: Path, *overrides: str):
     return load_config(ROOT / "configs" / "demo.yaml", base + list(overrides))
 
 
-def make_trainer(cfg, stage, photos, report, val=False, preemption_notice=None) -> StageTrainer:
+CPU = torch.device("cpu")
+
+
+def make_trainer(cfg, stage, photos, report, val=False, preemption_notice=None, device=CPU) -> StageTrainer:
     return StageTrainer(
         cfg,
         stage,
         rank=0,
         world_size=1,
-        device=torch.device("cpu"),
+        device=device,
         run_dir=RunDir.of(cfg.run.storage, cfg.run.name),
         train_files=photos["train"],
         val_files=photos["val"] if val else [],
@@ -172,20 +175,38 @@ def test_a_resume_in_the_other_memory_layout_updates_as_if_the_layout_had_not_ch
     """A checkpoint of an NCHW run resumed as channels_last (a GPU run with ``train.channels_last``;
     forced here on the CPU): Adam's moments take the parameters' layout, so the fused update is
     the one an NCHW resume makes. (Moments left NCHW under channels_last parameters update wrong.)"""
+    resume_in_the_other_layout(photos, tmp_path, stage, torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("stage", ["srresnet", "srgan"])
+def test_a_resume_in_the_other_memory_layout_on_a_gpu(photos, tmp_path, stage):
+    """The same on CUDA, where the fused Adam kernels are CUDA's (fp32, no TF32: layouts then
+    differ only by the convolution algorithms' rounding)."""
+    allow_tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        resume_in_the_other_layout(photos, tmp_path, stage, torch.device("cuda", 0))
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+
+
+def resume_in_the_other_layout(photos, tmp_path, stage: str, device: torch.device) -> None:
     # Without BatchNorm: a conv bias before BatchNorm has no gradient but rounding noise, which
     # Adam scales up to full steps, so each layout's rounding would move it its own way.
-    no_bn = ("model.norm=none", "model.disc_norm=none")
+    no_bn = ("model.norm=none", "model.disc_norm=none", "train.amp=off", "train.channels_last=false")
     straight, crashed = (tiny_config(tmp_path / name, *no_bn) for name in ("straight", "crashed"))
     init = handoff(straight, tmp_path) if stage == "srgan" else None
-    trainer = make_trainer(straight, stage, photos, Recorder())
+    trainer = make_trainer(straight, stage, photos, Recorder(), device=device)
     trainer.resume(init)
     trainer.run()
-    trainer = make_trainer(crashed, stage, photos, Recorder(crash_at_step=3))
+    trainer = make_trainer(crashed, stage, photos, Recorder(crash_at_step=3), device=device)
     trainer.resume(init)
     with pytest.raises(Crash):
         trainer.run()
 
-    trainer = make_trainer(crashed, stage, photos, Recorder())
+    trainer = make_trainer(crashed, stage, photos, Recorder(), device=device)
     trainer.use_channels_last = True
     trainer.resume(init)
     trainer.run()
@@ -197,9 +218,27 @@ def test_a_resume_in_the_other_memory_layout_updates_as_if_the_layout_had_not_ch
             for name in ("exp_avg", "exp_avg_sq"):
                 assert state[name].stride() == parameter.stride(), name
     a, b = final_state(straight, stage)["trainables"], final_state(crashed, stage)["trainables"]
+    tolerance = {} if device.type == "cpu" else {"rtol": 1e-3, "atol": 1e-4}
     for part in ("generator", "discriminator") if stage == "srgan" else ("generator",):
         for key, value in a[part].items():
-            torch.testing.assert_close(b[part][key], value, msg=f"{part}.{key}")
+            torch.testing.assert_close(b[part][key], value, msg=f"{part}.{key}", **tolerance)
+
+
+def test_the_steps_run_the_vgg_in_the_models_layout(photos, tmp_path):
+    """With channels_last on (forced here on the CPU), the frozen VGG's convolutions are
+    channels_last too, as the batches and G are, and its ReLUs work in place."""
+    from torch import nn
+
+    trainer = make_trainer(tiny_config(tmp_path), "srgan", photos, Recorder())
+    trainer.use_channels_last = True
+    trainer.resume(handoff(trainer.cfg, tmp_path))
+    models = trainer._wrap_models()
+    vgg = models.perceptual.vgg.features
+    convs = [module for module in vgg if isinstance(module, nn.Conv2d)]
+    assert convs and all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in convs)
+    assert not convs[-1].weight.is_contiguous()
+    assert all(module.inplace for module in vgg if isinstance(module, nn.ReLU))
+    assert trainer.amp_dtype is None  # bf16 autocast (and bf16 VGG weights) only on a GPU
 
 
 def test_ema_update_follows_the_warmed_up_formula():

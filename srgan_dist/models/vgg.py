@@ -72,11 +72,27 @@ class VGGFeatures(nn.Module):
         self.features = features[: VGG_LAYER_NAMES[layer] + 1]
         for module in self.features:
             if isinstance(module, nn.ReLU):
-                module.inplace = False  # keep pre-activation tensors intact for autograd
+                # In place is safe for autograd: ReLU's backward reads its output, and a conv's
+                # backward reads its input and weight, never its output (the tensor overwritten).
+                module.inplace = True
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
+
+    def for_steps(self, *, channels_last: bool, weight_dtype: torch.dtype | None) -> VGGFeatures:
+        """Lay the frozen weights out as a training step feeds them, once, so no step re-does it.
+
+        ``channels_last`` matches the channels_last batches (else every conv re-lays its weight
+        out on each call); ``weight_dtype`` is the autocast dtype (autocast caches the casts of
+        trainable weights only, so frozen fp32 weights would be re-cast on each of the two VGG
+        calls of every step). Only the convolutions change: the ImageNet normalisation stays fp32.
+        """
+        if channels_last:
+            self.features.to(memory_format=torch.channels_last)
+        if weight_dtype is not None:
+            self.features.to(weight_dtype)
+        return self
 
     def train(self, mode: bool = True) -> VGGFeatures:
         """Stay in eval mode whatever the parent module does."""

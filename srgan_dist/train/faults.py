@@ -11,15 +11,20 @@ A plan is ``{kind: {"stage": ..., "step": ..., "rank": optional}}`` with kinds
 - ``die``: that rank's process exits after that step, once (``marker`` file = once); with
   ``truncate`` (a file path) it first cuts that file to half its size, e.g. the newest
   checkpoint's ``state.pt``: a checkpoint damaged while its worker dies.
-- ``raise``: that rank raises ``RuntimeError`` after that step (a bug in training code).
+- ``raise``: that rank raises ``RuntimeError`` after that step (a bug in training code);
+- ``sync_debug``: ``{"from_step": N}``, steps N on of every stage run under
+  ``torch.cuda.set_sync_debug_mode("error")`` on a GPU (a step that waits for the device raises;
+  ``bench/gpu_check.py`` proves the steady state sync-free with it). Nothing on a CPU.
 Before ``die`` and ``raise`` the worker waits until Ray Train has registered the checkpoint it
 reported last, so the fault is a crash *between* checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,20 @@ class FaultPlan:
 
     def corrupt_target(self, stage: str, step: int, rank: int, hr: torch.Tensor) -> torch.Tensor:
         return hr * float("nan") if self._fires("nan", stage, step, rank) else hr
+
+    @contextlib.contextmanager
+    def step_guard(self, step: int, device: torch.device) -> Iterator[None]:
+        """Step ``step`` runs in the block: under sync debug mode "error" when the plan asks."""
+        fault = self.faults.get("sync_debug")
+        if not fault or step < fault["from_step"] or device.type != "cuda":
+            yield
+            return
+        before = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode(before)
 
     def after_step(self, stage: str, step: int, rank: int) -> None:
         if self._fires("raise", stage, step, rank):

@@ -169,11 +169,18 @@ def load_handoff_generator(generator: Generator, path: str, cfg: Config) -> None
     generator.load_state_dict(loaded.state_dict())
 
 
-def wrap(model: nn.Module, world_size: int, device: torch.device, compile_model: bool) -> nn.Module:
-    """``model`` as a step runs it: DDP over the ranks, then ``torch.compile`` when asked."""
+def wrap(
+    model: nn.Module, world_size: int, device: torch.device, compile_model: bool, comm_hook: str = "none"
+) -> nn.Module:
+    """``model`` as a step runs it: DDP over the ranks (with ``train.ddp_comm_hook``), then
+    ``torch.compile`` when asked."""
     if world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        if comm_hook == "bf16":
+            from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+
+            model.register_comm_hook(state=None, hook=bf16_compress_hook)  # None: the default group
     return torch.compile(model) if compile_model else model
 
 
@@ -328,8 +335,9 @@ class StageTrainer:
 
     def _wrap_models(self) -> StepModels:
         """The models as the stage's step runs them: ``trainables``' models (channels_last on a
-        GPU when asked) wrapped in DDP and ``torch.compile``; checkpoints, EMA and export use the
-        plain ones, which share their parameters."""
+        GPU when asked) wrapped in DDP and ``torch.compile``, and the frozen VGG in the steps'
+        layout and autocast dtype; checkpoints, EMA and export use the plain ones, which share
+        their parameters."""
         plain = self.trainables
         if self.use_channels_last:
             ema = self.ema.module if self.ema is not None else None
@@ -337,7 +345,10 @@ class StageTrainer:
                 if model is not None:
                     model.to(memory_format=torch.channels_last)
         plain.moments_follow_parameters()  # after the conversion and any checkpoint load
-        wrapped = lambda model: wrap(model, self.world_size, self.device, self.cfg.train.compile)  # noqa: E731
+        if self.perceptual is not None:
+            self.perceptual.vgg.for_steps(channels_last=self.use_channels_last, weight_dtype=self.amp_dtype)
+        train = self.cfg.train
+        wrapped = lambda model: wrap(model, self.world_size, self.device, train.compile, train.ddp_comm_hook)  # noqa: E731
         return StepModels(
             generator=wrapped(plain.generator),
             optimizer_g=plain.optimizer_g,
@@ -404,9 +415,14 @@ class StageTrainer:
             monitor.message(f"generator EMA on (decay {self.ema.decay}): validation and export use it")
         return monitor
 
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of the steps (bf16 on a GPU with ``train.amp=bf16``), else None."""
+        return torch.bfloat16 if self.device.type == "cuda" and self.cfg.train.amp == "bf16" else None
+
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda" and self.cfg.train.amp == "bf16":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.amp_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
     @property
@@ -423,22 +439,23 @@ class StageTrainer:
         # run draws exactly what an uninterrupted one would.
         torch.manual_seed(derive_seed(self.cfg.train.seed, self.rank, self.step))
         step_start = time.perf_counter()
-        lr, hr = next(self.loader)
-        data_s = time.perf_counter() - step_start
-        if self.use_channels_last:
-            lr = lr.contiguous(memory_format=torch.channels_last)
-            hr = hr.contiguous(memory_format=torch.channels_last)
-        hr = self.faults.corrupt_target(self.stage, self.step + 1, self.rank, hr)
-        values = STEP_FUNCTIONS[self.stage](self.wrapped, lr, hr, self.step_ctx)
-        finite = values.pop("finite")
-        self.trainables.scheduler_step()
-        if self.ema is not None:
-            self.ema.update(self.trainables.generator)
-        self.step += 1
-        self.data_state = self.loader.state_dict()
+        with self.faults.step_guard(self.step + 1, self.device):
+            lr, hr = next(self.loader)
+            data_s = time.perf_counter() - step_start
+            if self.use_channels_last:
+                lr = lr.contiguous(memory_format=torch.channels_last)
+                hr = hr.contiguous(memory_format=torch.channels_last)
+            hr = self.faults.corrupt_target(self.stage, self.step + 1, self.rank, hr)
+            values = STEP_FUNCTIONS[self.stage](self.wrapped, lr, hr, self.step_ctx)
+            finite = values.pop("finite")
+            self.trainables.scheduler_step()
+            if self.ema is not None:
+                self.ema.update(self.trainables.generator)
+            self.step += 1
+            self.data_state = self.loader.state_dict()
+            self.window.add(self.step, values, finite, data_s)
         self.train_time_s += time.perf_counter() - step_start
         self.faults.after_step(self.stage, self.step, self.rank)
-        self.window.add(self.step, values, finite, data_s)
 
     def _check_nonfinite(self) -> None:
         """Read the window's non-finite steps (one sync) and decide whether the stage stops."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -10,6 +13,22 @@ from srgan_dist.data.resize import bicubic_upscale
 from srgan_dist.data.scoring import Scores, score_y
 from srgan_dist.models import generator_output_to_unit
 from srgan_dist.pixels import to_tensor, to_uint8
+
+
+@contextlib.contextmanager
+def cudnn_autotune_off() -> Iterator[None]:
+    """``torch.backends.cudnn.benchmark`` off in the block, then back to what it was.
+
+    Training turns autotuning on (its shapes are fixed per stage), but every validation image
+    has its own size, and cuDNN would time every algorithm for each new one, every validation.
+    (``torch.backends.cudnn.flags`` would reset cuDNN's other flags too, ``enabled`` included.)
+    """
+    was = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = was
 
 
 class Validator:
@@ -45,8 +64,11 @@ class Validator:
         return lr, hr
 
     @torch.inference_mode()
+    @cudnn_autotune_off()
     def run(self, generator: nn.Module, autocast) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return (sums tensor [psnr, ssim, bicubic psnr, bicubic ssim, count], grid or None)."""
+        """Return (sums tensor [psnr, ssim, bicubic psnr, bicubic ssim, count], grid or None).
+
+        Runs with cuDNN autotuning off (:func:`cudnn_autotune_off`): one image size per image."""
         was_training = generator.training
         generator.eval()
 
