@@ -74,7 +74,7 @@ def jpeg_error(paths: list[str], quality: int = 95) -> tuple[float, float]:
     return float(np.mean(diffs)), float(10 * np.log10(255.0**2 / np.mean(squares)))
 
 
-def measure(files, kind, device, threads, seconds, batch_size=16) -> tuple[float, float]:
+def measure(files, kind, device, threads, seconds, batch_size=16, cache_dir="") -> tuple[float, float]:
     """(samples per wall second in the timed window, samples per CPU second over the whole run).
 
     The second number ignores how busy a shared machine is: it is what the loader costs.
@@ -91,6 +91,7 @@ def measure(files, kind, device, threads, seconds, batch_size=16) -> tuple[float
         device=device,
         seed=0,
         num_threads=threads,
+        cache_dir=cache_dir,
     )
     next(loader)  # warm up: worker start, pipeline build, first prefetch
     if device.type == "cuda":

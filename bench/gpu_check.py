@@ -166,14 +166,16 @@ def buffer_lifetime(tiles: list[str], device, batches: int, busy: int) -> tuple[
     import torch
     from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-    from srgan_dist.data.dali_pipeline import encode_paths, sr_train_pipeline
+    from srgan_dist.data.dali_pipeline import sr_train_pipeline
+    from srgan_dist.data.objects import DaliFiles
 
     on_gpu = device.type == "cuda"
 
     def batches_of(consume: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
-        paths = (encode_paths([tiles[(i * 2 + j) % len(tiles)] for j in range(2)]) for i in range(10**9))
+        inputs = DaliFiles(tiles, cache_dir="", num_threads=1)
+        paths = (inputs.batch([tiles[(i * 2 + j) % len(tiles)] for j in range(2)]) for i in range(10**9))
         pipe = sr_train_pipeline(
-            path_batches=paths, decode_device="mixed" if on_gpu else "cpu", scale=4, hr_patch_size=96,
+            input_batches=paths, reads_files=True, decode_device="mixed" if on_gpu else "cpu", scale=4, hr_patch_size=96,
             batch_size=2, num_threads=2, device_id=(device.index or 0) if on_gpu else None, seed=7,
             prefetch_queue_depth=1,
         )  # fmt: skip

@@ -138,6 +138,7 @@ class Monitor(NullMonitor):
     def _open_events_file(self):  # -> SummaryWriter
         from torch.utils.tensorboard import SummaryWriter  # imported on rank 0 only
 
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         before = set(self.log_dir.iterdir())
         writer = SummaryWriter(str(self.log_dir), purge_step=self.purge_step)
         (self.events_file,) = set(self.log_dir.iterdir()) - before  # the writer makes its file at once

@@ -31,6 +31,8 @@ from srgan_dist.errors import UserError
 from srgan_dist.storage import StorageError
 
 pytestmark = pytest.mark.slow
+# moto keeps every in-process server's objects in one store: a prefix no other module writes to.
+PREFIX = "cloud-data"
 
 
 def upload_folder(filesystem: pyarrow.fs.FileSystem, local: Path, path: str) -> None:
@@ -58,8 +60,8 @@ def local_data(tmp_path_factory) -> dict[str, Path]:
 def bucket_data(s3_server, local_data) -> dict[str, str]:  # noqa: F811
     """``local_data`` in the bucket, as URIs naming the endpoint (no environment needed)."""
     for split in ("train", "val"):
-        upload_folder(s3_server.filesystem(), local_data[split], f"{BUCKET}/data/{split}")
-    return {split: s3_server.uri(f"data/{split}") for split in ("train", "val")}
+        upload_folder(s3_server.filesystem(), local_data[split], f"{BUCKET}/{PREFIX}/{split}")
+    return {split: s3_server.uri(f"{PREFIX}/{split}") for split in ("train", "val")}
 
 
 @pytest.fixture
@@ -116,7 +118,7 @@ def test_a_bucket_folder_is_scanned_once_and_a_restart_elsewhere_probes_no_objec
     images += [f"val/photo_2_{i:03d}.png" for i in range(2)]
     # Hidden files and sidecars are not read; each image once (small: one whole read), and the
     # grayscale one once more to convert it.
-    assert sorted(reads) == sorted(f"{BUCKET}/data/{image}" for image in [*images, "train/gray.png"])
+    assert sorted(reads) == sorted(f"{BUCKET}/{PREFIX}/{image}" for image in [*images, "train/gray.png"])
     assert len(train) == 6 and len(val) == 2
     converted = [file for file in train if "gray" in file]
     assert converted[0].startswith(s3_server.uri("runs").partition("?")[0] + "/scan/.scan_cache/converted/")

@@ -111,8 +111,9 @@ def test_a_worker_group_whose_resources_stay_taken_stops_after_the_timeout(clust
         def ready(self) -> bool:
             return True
 
-    holder = Holder.remote()
-    ray.get(holder.ready.remote())
+    # Every CPU of the cluster held (the earlier tests of this module added a node).
+    holders = [Holder.remote() for _ in range(int(ray.cluster_resources()["CPU"]))]
+    ray.get([holder.ready.remote() for holder in holders])
     cfg = load_config(
         None,
         [
@@ -134,7 +135,8 @@ def test_a_worker_group_whose_resources_stay_taken_stops_after_the_timeout(clust
     runner = threading.Thread(target=fit, daemon=True)
     runner.start()
     runner.join(timeout=60)
-    ray.kill(holder)
+    for holder in holders:
+        ray.kill(holder)
     assert not runner.is_alive(), "Ray Train still retries the worker group's start after 60 s"
     assert time.monotonic() - started < 60
     message = outcome["error"]

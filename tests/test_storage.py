@@ -248,7 +248,7 @@ def test_a_two_stage_run_writes_its_whole_run_directory_to_the_bucket(s3_server,
     saved = yaml.safe_load(s3_server.read(f"{cloud_run['prefix']}/config.yaml"))
     assert saved["run"]["storage"] == "s3://runs/shared"
     assert saved["data"]["train"] == f"s3://{BUCKET}/data/train" and saved["data"]["loader"] == "dali"
-    assert "Data: 6 training image(s), 2 validation image(s)" in cloud_run["stdout"]
+    assert "Data: 6 training image(s), 2 validation image(s)" in cloud_run["stdout"], s3_server.keys("data")
     # The console names the URI; the credentials are nowhere in what the run wrote.
     assert f"Run directory: {cloud_run['uri']}" in cloud_run["stdout"].splitlines()
     assert f"TensorBoard:   srgan-dist tensorboard {cloud_run['uri']}" in cloud_run["stdout"]
