@@ -372,13 +372,12 @@ def test_prepare_reads_from_a_bucket_writes_to_one_and_resumes(
 
 
 def test_a_run_with_data_and_run_directory_in_gs_trains_and_is_found_again(
-    gcs, local_data, tmp_path, monkeypatch, capsys
+    ray_local, gcs, local_data, tmp_path, monkeypatch, capsys
 ):
     """``gs://`` end to end: the data and the run directory in fake-gcs-server, Ray Train's
     checkpoints written there, DALI fed the objects' bytes; a second start finds the finished
-    stage there and trains nothing."""
-    from test_storage import run_driver
-
+    stage there and trains nothing. (In this process, on the session's Ray: the URIs carry all
+    the workers need.)"""
     filesystem, _ = storage.open_uri(gcs)
     upload_folder(filesystem, local_data["train"], "data/gs-run/train")
     upload_folder(filesystem, local_data["val"], "data/gs-run/val")
@@ -392,9 +391,9 @@ def test_a_run_with_data_and_run_directory_in_gs_trains_and_is_found_again(
         "srresnet.log_interval=2", "srresnet.val_interval=4", "srresnet.checkpoint_interval=2",
         "srresnet.lr_milestones=[]",
     ]  # fmt: skip
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
-    code, stdout, stderr, _ = run_driver(overrides, env)
-    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    run_training(load_config(ROOT / "configs" / "demo.yaml", overrides))
+    stdout = capsys.readouterr().out
     assert "Data: 6 training image(s), 2 validation image(s)" in stdout
     run_uri = storage.join(runs, "gs")
     assert (
