@@ -238,8 +238,10 @@ class ObjectInfo:
 def open_uri(uri: str):  # -> tuple[pyarrow.fs.FileSystem, str]
     """The pyarrow filesystem and the path on it that ``uri`` names.
 
-    Filesystems are made once per bucket, query and credentials environment: making an S3 one
-    costs ~2 ms, which a scan of 100,000 objects would pay per object."""
+    Filesystems are made once per process, bucket, query and credentials environment: making an
+    S3 one costs ~2 ms, which a scan of 100,000 objects would pay per object. (Per process: a
+    client made before a fork, e.g. by a DataLoader worker's parent, stalls in the child; GCS's
+    waited ~0.5 s per read there.)"""
     check_uri(uri)
     parts = urlsplit(uri)
     environment = hashlib.sha256(
@@ -247,15 +249,17 @@ def open_uri(uri: str):  # -> tuple[pyarrow.fs.FileSystem, str]
     ).hexdigest()
     with _operation("opening", uri):
         filesystem = _filesystem(
-            f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" * bool(parts.query)), environment
+            f"{parts.scheme}://{parts.netloc}" + (f"?{parts.query}" * bool(parts.query)),
+            environment,
+            os.getpid(),
         )
     bucket = parts.netloc.rpartition("@")[2]
     return filesystem, f"{bucket}/{unquote(parts.path).strip('/')}".rstrip("/")
 
 
 @functools.lru_cache(maxsize=16)
-def _filesystem(bucket_uri: str, environment: str):  # -> pyarrow.fs.FileSystem
-    """The filesystem of one bucket URI (``environment`` only keys the cache)."""
+def _filesystem(bucket_uri: str, environment: str, pid: int):  # -> pyarrow.fs.FileSystem
+    """The filesystem of one bucket URI (``environment`` and ``pid`` only key the cache)."""
     import pyarrow.fs
 
     return pyarrow.fs.FileSystem.from_uri(bucket_uri)[0]
