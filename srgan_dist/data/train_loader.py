@@ -41,6 +41,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from srgan_dist import storage
 from srgan_dist.data.objects import DaliFiles, ObjectCache
 from srgan_dist.data.resize import bicubic_downscale
 from srgan_dist.data.scan import DataError
@@ -175,6 +176,10 @@ class LoaderPlan:
 
 
 def _pil_batches(plan: LoaderPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    # Loader processes that read a bucket start from a fresh process (forkserver), not a fork of
+    # this one: a storage client's threads and locks do not survive a fork (a GCS read in a
+    # forked child hung once this process had run DALI's S3 reader).
+    reads_objects = any(storage.is_uri(file) for file in plan.files)
     loader = torch.utils.data.DataLoader(
         _PilPairs(
             plan.files,
@@ -186,6 +191,7 @@ def _pil_batches(plan: LoaderPlan) -> Iterator[tuple[torch.Tensor, torch.Tensor]
         num_workers=plan.num_threads,
         pin_memory=plan.device.type == "cuda",
         persistent_workers=False,
+        multiprocessing_context="forkserver" if reads_objects and plan.num_threads > 0 else None,
     )
     for lr, hr in loader:
         yield lr.to(plan.device, non_blocking=True), hr.to(plan.device, non_blocking=True)
