@@ -417,3 +417,30 @@ def test_a_run_with_data_and_run_directory_in_gs_trains_and_is_found_again(
     summary = run_training(load_config(ROOT / "configs" / "demo.yaml", overrides), resume=True)
     assert summary["stages"]["srresnet"]["steps"] == 4
     assert "Stage srresnet: already finished, skipping" in capsys.readouterr().out
+
+
+def test_a_planted_dotdot_key_in_a_data_folder_stops_preflight_naming_it(
+    s3_server,  # noqa: F811
+    local_data,
+    tmp_path,
+    aws_credentials,
+    monkeypatch,
+):
+    """Whoever can write to the data bucket cannot make a scan, a cache or a converted copy land
+    outside its folder: a key with '..' stops pre-flight in one line naming it."""
+    from test_bucket_security import put
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    upload_folder(s3_server.filesystem(), local_data["train"], f"{BUCKET}/{PREFIX}/planted")
+    put(
+        s3_server, f"{PREFIX}/planted/../../../../escape.png", (local_data["train"] / "gray.png").read_bytes()
+    )
+    data = {"train": s3_server.uri(f"{PREFIX}/planted"), "val": ""}
+    with pytest.raises(
+        storage.UnsafeObjectKey, match=r"'runs/cloud-data/planted/\.\./\.\./\.\./\.\./escape\.png'"
+    ):
+        scan_data(
+            config(data, str(tmp_path / "runs"), "planted"),
+            run_dir_of(config(data, str(tmp_path / "runs"), "planted")),
+        )
+    assert not list(tmp_path.rglob("escape*"))
