@@ -364,6 +364,19 @@ class S3Traffic:
         return self._total(self.puts, "/" + prefix)
 
 
+def s3_test_filesystem(endpoint: str):  # -> pyarrow.fs.S3FileSystem
+    """pyarrow's client for a moto server at ``endpoint`` (host:port; moto takes any credentials)."""
+    import pyarrow.fs
+
+    return pyarrow.fs.S3FileSystem(
+        endpoint_override=endpoint,
+        scheme="http",
+        access_key="test",
+        secret_key="test",
+        allow_bucket_creation=True,
+    )
+
+
 class CountingS3Server:
     """moto's S3 app behind :class:`S3Traffic`, served by werkzeug on a thread (as moto's
     ``ThreadedMotoServer`` serves it) on 127.0.0.1 and a free port."""
@@ -392,15 +405,7 @@ class CountingS3Server:
         return f"s3://{self.bucket}/{path}?endpoint_override={self.endpoint}&scheme=http"
 
     def filesystem(self):  # -> pyarrow.fs.S3FileSystem
-        import pyarrow.fs
-
-        return pyarrow.fs.S3FileSystem(
-            endpoint_override=self.endpoint,
-            scheme="http",
-            access_key="test",
-            secret_key="test",
-            allow_bucket_creation=True,
-        )
+        return s3_test_filesystem(self.endpoint)
 
     def sizes(self, prefix: str) -> dict[str, int]:
         """``{key relative to <bucket>/<prefix>: size}`` of every object under it."""

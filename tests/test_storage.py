@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow.fs
 import pytest
 import yaml
-from conftest import fault_plan, training_photos
+from conftest import fault_plan, s3_test_filesystem, training_photos
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from test_training import RAY_NOISE, ROOT, scalars, tiny_config, tiny_overrides
 
@@ -99,13 +99,7 @@ class S3Server:
         return f"s3://{bucket}/{path}?endpoint_override={self.endpoint}&scheme=http"
 
     def filesystem(self) -> pyarrow.fs.S3FileSystem:
-        return pyarrow.fs.S3FileSystem(
-            endpoint_override=self.endpoint,
-            scheme="http",
-            access_key="test",
-            secret_key="test",
-            allow_bucket_creation=True,
-        )
+        return s3_test_filesystem(self.endpoint)
 
     def keys(self, prefix: str) -> set[str]:
         """Every object under ``<bucket>/<prefix>``, relative to it."""
