@@ -137,12 +137,12 @@ def list_objects(source: str, *, role: str) -> dict[str, Version]:
     Raises ``DataError`` naming ``role`` and ``source`` when the URI is refused or nothing is there;
     ``StorageError`` (one line naming the URI) when the storage refuses the listing."""
     storage.check_uri(source, key=role)
-    objects = {
-        info.uri: (info.size, info.mtime_ns)
-        for info in storage.list_files(source)
-        if all(_listed(part) for part in storage.name_of(info.uri).split("/"))
-        and not any(part.startswith(".") for part in info.uri.partition("?")[0].split("/")[3:])
-    }
+    folder = source.partition("?")[0].rstrip("/") + "/"
+    objects = {}
+    for info in storage.list_files(source):
+        *folders, name = info.uri.partition("?")[0].removeprefix(folder).split("/")
+        if _listed(name) and not any(part.startswith(".") for part in folders):
+            objects[info.uri] = (info.size, info.mtime_ns)
     if not objects:
         raise DataError(f"{role}: no objects under {source} (is the bucket and prefix right?)")
     return objects
